@@ -1,0 +1,164 @@
+"""The command line: the only place that prints errors or picks exit statuses.
+
+Exit statuses: 0 success; 1 differences found (diff, verify); 2 bad input or usage;
+3 the kernel, the host or the Docker Engine refused or is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import NftdockerError, UsageError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 on usage errors, as we want
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _write(args: argparse.Namespace, text: str) -> None:
+    out = getattr(args, "output", None)
+    if out and out != "-":
+        tmp = Path(out + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+    else:
+        sys.stdout.write(text)
+
+
+def add_scenario_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("scenario", nargs=None if required else "?", metavar="SCENARIO", help="scenario file (TOML)")
+    p.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
+    live = p.add_argument_group("live Docker Engine instead of a scenario file")
+    live.add_argument("--docker-host", metavar="URL", help="read networks and containers from this Docker Engine")
+    live.add_argument("--daemon-config", metavar="FILE", help="dockerd's daemon.json (default /etc/docker/daemon.json if it exists)")
+    live.add_argument("--ipv4-forwarding", choices=("true", "false"), help="[host] ipv4-forwarding when reading a live daemon")
+    live.add_argument("--ipv6-forwarding", choices=("true", "false"), help="[host] ipv6-forwarding when reading a live daemon")
+
+
+def load_scenario(args: argparse.Namespace):
+    from . import scenario as sc
+
+    if getattr(args, "docker_host", None) or (getattr(args, "scenario", None) is None and hasattr(args, "docker_host") and os.environ.get("NFTDOCKER_LIVE")):
+        from .live import scenario_from_live
+
+        return scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
+    if not args.scenario:
+        raise UsageError("give a SCENARIO file or --docker-host URL")
+    return sc.load(args.scenario)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .generate import generate
+    from .render import render_json, render_nft
+
+    gen = generate(load_scenario(args))
+    rss = [gen.rulesets[f] for f in gen.families()]
+    if args.format == "json":
+        _write(args, render_json(rss, args.table))
+    else:
+        _write(args, render_nft(rss, args.table, comments=args.explain))
+    return 0
+
+
+def cmd_compat(args: argparse.Namespace) -> int:
+    from .compat import compat_text
+
+    family = "ip6" if args.ipv6 else "ip"
+    if args.scenario or args.docker_host:
+        from .generate import generate
+        from .render import render_json_objects
+
+        gen = generate(load_scenario(args))
+        objs = render_json_objects([gen.rulesets[f] for f in gen.families()], args.table)
+    else:
+        from .kernel import list_objects
+
+        objs = list_objects(args.netns, args.table)
+    _write(args, compat_text(objs, family, args.table))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from .compat import compat_text
+    from .generate import generate
+    from .reference import diff
+    from .render import render_json_objects
+
+    try:
+        ref_text = Path(args.reference).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise UsageError(f"{args.reference}: cannot read: {e.strerror}") from None
+    gen = generate(load_scenario(args))
+    objs = render_json_objects([gen.rulesets[f] for f in gen.families()], args.table)
+    ours = compat_text(objs, "ip6" if args.ipv6 else "ip", args.table)
+    lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
+    if args.json:
+        print(json.dumps({"identical": not lines, "tables": tables, "diff": lines}, indent=2))
+    else:
+        for l in lines:
+            print(l)
+        if not lines:
+            print(f"identical: {', '.join(tables)} ({args.reference})", file=sys.stderr)
+    return 1 if lines else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nftdocker", description="Docker 28.0.1's bridge firewall as native nftables.")
+    p.add_argument("--version", action="version", version=f"nftdocker {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("render", help="print the nft table(s) for a scenario")
+    add_scenario_args(r)
+    r.add_argument("--format", choices=("nft", "json"), default="nft")
+    r.add_argument("--explain", action="store_true", help="add each rule's origin (the moby function) as an nft comment")
+    r.add_argument("-o", "--output", metavar="FILE")
+    r.set_defaults(func=cmd_render)
+
+    c = sub.add_parser("compat", help="print the iptables-save form of the nft table")
+    add_scenario_args(c, required=False)
+    c.add_argument("--ipv6", action="store_true", help="ip6tables-save form")
+    c.add_argument("--netns", metavar="NAME", help="without SCENARIO: translate the table loaded in this namespace")
+    c.add_argument("-o", "--output", metavar="FILE")
+    c.set_defaults(func=cmd_compat)
+
+    d = sub.add_parser("diff", help="diff the compat form against iptables rules in REFERENCE")
+    add_scenario_args(d)
+    d.add_argument("reference", metavar="REFERENCE", help="iptables-save, iptables -S or an iptablesdoc page")
+    d.add_argument("--ipv6", action="store_true")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_diff)
+
+    for extra in _extra_commands:
+        extra(sub)
+    return p
+
+
+_extra_commands: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except NftdockerError as e:
+        print(f"nftdocker: {e.message}", file=sys.stderr)
+        return e.exit_status
+    except KeyboardInterrupt:
+        print("nftdocker: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,277 @@
+"""The compat layer: an nft table (libnftables JSON) -> iptables-save text.
+
+It reads the table itself, not the scenario, so the same code translates a generated table
+and one listed from a live kernel. Chains named ``<table>-<CHAIN>`` become iptables chains of
+that table; every iptables table present gets all its built-in chains, as iptables-save
+shows them; rules print in iptables' canonical argument order.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Any, Iterable, assert_never
+
+from .errors import CompatError
+from .ir import (
+    BASE_CHAINS,
+    BUILTIN_CHAINS,
+    TABLE_ORDER,
+    Action,
+    Addr,
+    AddrTypeLocal,
+    Chain,
+    CtState,
+    Dnat,
+    Iface,
+    Jump,
+    L4Proto,
+    Masquerade,
+    Match,
+    Port,
+    Rule,
+    Ruleset,
+    Snat,
+    Verdict,
+)
+from .render import DEFAULT_TABLE
+
+_STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
+_PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
+
+
+def _fail(where: str, what: str) -> CompatError:
+    return CompatError(f"{where}: {what}")
+
+
+def _right_str(v: Any, where: str) -> str:
+    if isinstance(v, str):
+        return v
+    raise _fail(where, f"unsupported right-hand side {v!r}")
+
+
+def _prefix(v: Any, where: str, family: str):
+    if isinstance(v, str):
+        return ip_network(v)
+    if isinstance(v, dict) and "prefix" in v:
+        p = v["prefix"]
+        return ip_network(f"{p['addr']}/{p['len']}")
+    raise _fail(where, f"unsupported address {v!r}")
+
+
+def parse_expr(exprs: list[dict[str, Any]], family: str, table_name: str, where: str) -> tuple[list[Match], Action]:
+    """One rule's expression list -> IR matches and action."""
+    matches: list[Match] = []
+    action: Action | None = None
+    l4: str | None = None
+    for e in exprs:
+        if not isinstance(e, dict) or len(e) != 1:
+            raise _fail(where, f"unsupported expression {e!r}")
+        (kind, body), = e.items()
+        if action is not None and kind != "counter":
+            raise _fail(where, f"expression after the verdict: {kind}")
+        if kind == "match":
+            m = _parse_match(body, family, where)
+            if m is None:
+                continue
+            if isinstance(m, L4Proto):
+                l4 = m.proto
+            matches.append(m)
+        elif kind in ("counter", "comment"):
+            continue
+        elif kind in ("accept", "drop", "return"):
+            action = Verdict(kind.upper())  # type: ignore[arg-type]
+        elif kind in ("jump", "goto"):
+            if kind == "goto":
+                raise _fail(where, "goto has no iptables equivalent nftdocker writes")
+            target = body["target"]
+            tbl, _, chain = target.partition("-")
+            if not chain or tbl not in BUILTIN_CHAINS:
+                raise _fail(where, f"jump target {target!r} is not named <table>-<CHAIN>")
+            if tbl != table_name:
+                raise _fail(where, f"jump from table {table_name!r} to a chain of table {tbl!r}")
+            action = Jump(chain)
+        elif kind == "dnat":
+            addr = ip_address(body["addr"]) if "addr" in body else None
+            if addr is None:
+                raise _fail(where, "dnat without an address")
+            action = Dnat(addr, body.get("port"))
+        elif kind == "snat":
+            action = Snat(ip_address(body["addr"]))
+        elif kind == "masquerade":
+            if body:
+                raise _fail(where, f"masquerade with options {body!r}")
+            action = Masquerade()
+        elif kind == "xt":
+            raise _fail(where, "xt (x_tables compat) expression: not native nftables")
+        else:
+            raise _fail(where, f"unsupported statement {kind!r}")
+    if action is None:
+        raise _fail(where, "rule without a verdict or NAT statement")
+    # `meta l4proto tcp` is implied by `tcp dport`: keep the explicit match only without a port.
+    if any(isinstance(m, Port) for m in matches):
+        matches = [m for m in matches if not isinstance(m, L4Proto)]
+    return matches, action
+
+
+def _parse_match(body: dict[str, Any], family: str, where: str) -> Match | None:
+    op = body.get("op", "==")
+    left = body.get("left")
+    right = body.get("right")
+    neg = op == "!="
+    if op not in ("==", "!=", "in"):
+        raise _fail(where, f"unsupported operator {op!r}")
+    if not isinstance(left, dict) or len(left) != 1:
+        raise _fail(where, f"unsupported match {body!r}")
+    (lk, lv), = left.items()
+    if lk == "meta":
+        key = lv.get("key")
+        if key in ("iifname", "oifname"):
+            return Iface("i" if key == "iifname" else "o", _right_str(right, where), neg)
+        if key == "l4proto":
+            if neg:
+                raise _fail(where, "negated protocol match")
+            p = str(right)
+            return L4Proto(_PROTO_NUM.get(p, "ipv6-icmp" if p in ("icmpv6", "ipv6-icmp") else p))
+        if key == "nfproto":
+            return None
+        raise _fail(where, f"unsupported meta key {key!r}")
+    if lk == "payload":
+        proto = lv.get("protocol")
+        field = lv.get("field")
+        if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
+            return Addr("s" if field == "saddr" else "d", _prefix(right, where, family), neg)
+        if proto in ("tcp", "udp", "sctp") and field in ("sport", "dport"):
+            if neg or not isinstance(right, int):
+                raise _fail(where, f"unsupported port match {body!r}")
+            return Port(proto, "s" if field == "sport" else "d", right)
+        if proto in ("ip", "ip6") and field in ("protocol", "nexthdr"):
+            return L4Proto(_PROTO_NUM.get(str(right), str(right)))
+        raise _fail(where, f"unsupported payload match {proto} {field}")
+    if lk == "fib":
+        flags = lv.get("flags", [])
+        if lv.get("result") == "type" and right == "local" and not neg and flags in (["daddr"], ["saddr"]):
+            return AddrTypeLocal("d" if flags == ["daddr"] else "s")
+        raise _fail(where, f"unsupported fib match {body!r}")
+    if lk == "ct":
+        if lv.get("key") != "state" or neg:
+            raise _fail(where, f"unsupported ct match {body!r}")
+        states = right if isinstance(right, list) else (right.get("set") if isinstance(right, dict) else [right])
+        names = {str(s).upper() for s in states}
+        return CtState(tuple(s for s in _STATE_ORDER if s in names))
+    raise _fail(where, f"unsupported match on {lk!r}")
+
+
+def rulesets_from_json(objs: Iterable[dict[str, Any]], table: str = DEFAULT_TABLE) -> dict[str, Ruleset]:
+    """``nft -j list`` objects -> one Ruleset per family, for the named table only."""
+    rulesets: dict[str, Ruleset] = {}
+    for o in objs:
+        if not isinstance(o, dict) or len(o) != 1:
+            continue
+        (kind, body), = o.items()
+        if kind not in ("table", "chain", "rule"):
+            continue
+        fam = body.get("family")
+        tname = body.get("name") if kind == "table" else body.get("table")
+        if tname != table:
+            continue
+        if fam not in ("ip", "ip6"):
+            raise CompatError(f"table {fam} {table}: nftdocker tables are 'ip' or 'ip6'")
+        rs = rulesets.setdefault(fam, Ruleset(fam))
+        if kind == "chain":
+            name = body["name"]
+            ipt_table, _, chain = name.partition("-")
+            if ipt_table not in BUILTIN_CHAINS or not chain:
+                raise CompatError(f"table {fam} {table}: chain {name!r} is not named <table>-<CHAIN>")
+            c = Chain(ipt_table, chain)
+            if c.builtin:
+                if "hook" not in body:
+                    raise CompatError(f"table {fam} {table}: chain {name!r} must be a base chain")
+                c.policy = "DROP" if body.get("policy") == "drop" else "ACCEPT"
+            rs.chains[(ipt_table, chain)] = c
+        elif kind == "rule":
+            name = body["chain"]
+            ipt_table, _, chain = name.partition("-")
+            c2 = rs.chains.get((ipt_table, chain))
+            if c2 is None:
+                raise CompatError(f"table {fam} {table}: rule in unknown chain {name!r}")
+            where = f"{fam} {table} {name} rule {len(c2.rules) + 1}"
+            if "handle" in body:
+                where += f" (handle {body['handle']})"
+            matches, action = parse_expr(body.get("expr", []), fam, ipt_table, where)
+            c2.rules.append(Rule(tuple(matches), action, origin=body.get("comment", "")))
+    return rulesets
+
+
+# ---------------------------------------------------------------------- iptables-save text
+
+
+def _net(net) -> str:
+    return f"{net.network_address}/{net.prefixlen}"
+
+
+def match_args(m: Match) -> str:
+    match m:
+        case Addr(dir=d, net=net, negate=neg):
+            return f"{'! ' if neg else ''}-{d} {_net(net)}"
+        case Iface(dir=d, name=name, negate=neg):
+            return f"{'! ' if neg else ''}-{d} {name}"
+        case L4Proto(proto=p):
+            return f"-p {p}"
+        case Port(proto=p, dir=d, port=port):
+            return f"-p {p} -m {p} --{'s' if d == 's' else 'd'}port {port}"
+        case AddrTypeLocal(dir=d):
+            return f"-m addrtype --{'src' if d == 's' else 'dst'}-type LOCAL"
+        case CtState(states=states):
+            return "-m conntrack --ctstate " + ",".join(states)
+        case _:
+            assert_never(m)
+
+
+def action_args(a: Action) -> str:
+    match a:
+        case Verdict(kind=k):
+            return f"-j {k}"
+        case Jump(chain=c):
+            return f"-j {c}"
+        case Dnat(addr=addr, port=port):
+            if port is None:
+                return f"-j DNAT --to-destination {addr}"
+            host = f"[{addr}]" if isinstance(addr, IPv6Address) else str(addr)
+            return f"-j DNAT --to-destination {host}:{port}"
+        case Snat(addr=addr):
+            return f"-j SNAT --to-source {addr}"
+        case Masquerade():
+            return "-j MASQUERADE"
+        case _:
+            assert_never(a)
+
+
+def rule_args(r: Rule) -> str:
+    return " ".join([match_args(m) for m in r.matches] + [action_args(r.action)])
+
+
+def save_text(rs: Ruleset) -> str:
+    """iptables-save text for one family's ruleset."""
+    out: list[str] = []
+    for t in rs.tables():
+        out.append(f"*{t}")
+        for name in BUILTIN_CHAINS[t]:
+            c = rs.chains.get((t, name))
+            policy = c.policy if c is not None and c.policy else "ACCEPT"
+            out.append(f":{name} {policy} [0:0]")
+        chains = rs.ordered_chains(t)
+        for c in chains:
+            if not c.builtin:
+                out.append(f":{c.name} - [0:0]")
+        for c in chains:
+            for r in c.rules:
+                out.append(f"-A {c.name} {rule_args(r)}")
+        out.append("COMMIT")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def compat_text(objs: Iterable[dict[str, Any]], family: str, table: str = DEFAULT_TABLE) -> str:
+    """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of an nft table in JSON form."""
+    rulesets = rulesets_from_json(objs, table)
+    rs = rulesets.get(family)
+    return save_text(rs) if rs is not None else ""

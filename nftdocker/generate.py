@@ -1,0 +1,716 @@
+"""Generation: the scenario replayed as Docker 28.0.1 would program it, as rule IR.
+
+Docker builds its chains with ``-I`` (insert at the top), ``-A`` (append) and ``-D`` as the
+daemon starts and networks and containers come and go; the order iptables-save shows is the
+history of those calls. :class:`Firewall` replays the same operations on per-chain lists, so
+the exact order (removals included) comes out by construction. One method per moby function,
+named after it, each with a docstring line naming the function it mirrors (moby commit
+76417bf763, libnetwork/drivers/bridge/...).
+
+Pure: no I/O, deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Iterable, Literal
+
+from .errors import GenerationError
+from .ir import (
+    Action,
+    Addr,
+    AddrTypeLocal,
+    Chain,
+    CtState,
+    Dnat,
+    Iface,
+    Jump,
+    L4Proto,
+    Masquerade,
+    Port,
+    Rule,
+    Ruleset,
+    Snat,
+    Verdict,
+    host,
+    rule,
+)
+from .model import (
+    DEFAULT_BRIDGE_NETWORK,
+    PROTO_ORDER,
+    Binding,
+    Container,
+    Endpoint,
+    IPAddress,
+    Network,
+    PortSpec,
+    Scenario,
+)
+
+V = Literal[4, 6]
+FAMILY: dict[int, Literal["ip", "ip6"]] = {4: "ip", 6: "ip6"}
+
+DOCKER = "DOCKER"
+DOCKER_FORWARD = "DOCKER-FORWARD"
+DOCKER_BRIDGE = "DOCKER-BRIDGE"
+DOCKER_CT = "DOCKER-CT"
+DOCKER_USER = "DOCKER-USER"
+ISOLATION1 = "DOCKER-ISOLATION-STAGE-1"
+ISOLATION2 = "DOCKER-ISOLATION-STAGE-2"
+
+LOOPBACK4 = ip_network("127.0.0.0/8")
+LOOPBACK6 = ip_network("::1/128")
+LINK_LOCAL6 = ip_network("fe80::/10")
+
+# Linux's default net.ipv4.ip_local_port_range, which Docker's port allocator reads.
+EPHEMERAL_PORTS = (32768, 60999)
+
+
+@dataclass(frozen=True)
+class Sysctl:
+    """A kernel setting Docker makes beside its rules (applied by ``apply --sysctls``)."""
+
+    key: str
+    value: str
+    origin: str
+
+
+@dataclass
+class Generated:
+    """The result of generation: one ruleset per family plus what Docker sets beside it."""
+
+    scenario: Scenario
+    rulesets: dict[str, Ruleset]
+    endpoints: list[Endpoint] = field(default_factory=list)
+    bindings: dict[str, list[Binding]] = field(default_factory=dict)
+    sysctls: list[Sysctl] = field(default_factory=list)
+    hairpin_ports: list[str] = field(default_factory=list)
+
+    def families(self) -> list[str]:
+        """The families Docker writes rules for (``ip6`` only while ip6tables is on)."""
+        return [f for f in ("ip", "ip6") if not self.rulesets[f].is_empty()]
+
+
+class Iptables:
+    """One family's iptables, as Docker drives it: check-then-insert/append, delete, policy."""
+
+    def __init__(self, family: Literal["ip", "ip6"]) -> None:
+        self.rs = Ruleset(family)
+
+    def chain(self, table: str, name: str) -> Chain:
+        key = (table, name)
+        c = self.rs.chains.get(key)
+        if c is None:
+            c = Chain(table, name)
+            if c.builtin:
+                c.policy = "ACCEPT"
+            self.rs.chains[key] = c
+        return c
+
+    def new_chain(self, table: str, name: str) -> None:
+        """iptables.NewChain: ``-N`` if missing; never flushed."""
+        self.chain(table, name)
+
+    def has(self, table: str, chain: str, r: Rule) -> bool:
+        c = self.rs.chains.get((table, chain))
+        return c is not None and r in c.rules
+
+    def append(self, table: str, chain: str, r: Rule) -> None:
+        """Rule.Append: ``-C`` then ``-A`` if absent."""
+        c = self.chain(table, chain)
+        if r not in c.rules:
+            c.rules.append(r)
+
+    def insert(self, table: str, chain: str, r: Rule) -> None:
+        """Rule.Insert: ``-C`` then ``-I`` (position 1) if absent."""
+        c = self.chain(table, chain)
+        if r not in c.rules:
+            c.rules.insert(0, r)
+
+    def delete(self, table: str, chain: str, r: Rule) -> None:
+        """Rule.Delete: ``-D`` if present (the first copy)."""
+        c = self.rs.chains.get((table, chain))
+        if c is not None and r in c.rules:
+            c.rules.remove(r)
+
+    def ensure_jump(self, table: str, src: str, dst: str, origin: str) -> None:
+        """iptables.EnsureJumpRule: delete ``-j dst`` if present, then insert it at the top."""
+        r = rule(action=Jump(dst), origin=origin)
+        self.delete(table, src, r)
+        self.insert(table, src, r)
+
+    def set_policy(self, table: str, chain: str, policy: Literal["ACCEPT", "DROP"]) -> None:
+        """iptables.SetDefaultPolicy: ``-P``."""
+        self.chain(table, chain).policy = policy
+
+
+class Firewall:
+    """Docker's bridge driver and daemon, replayed: one method per moby function."""
+
+    def __init__(self, scenario: Scenario) -> None:
+        self.sc = scenario
+        self.daemon = scenario.daemon
+        self.ipt: dict[int, Iptables] = {4: Iptables("ip"), 6: Iptables("ip6")}
+        self.forwarding = {4: scenario.host.ipv4_forwarding, 6: scenario.host.ipv6_forwarding}
+        self.sysctls: list[Sysctl] = []
+        self.ipam: dict[tuple[str, int], _Pool] = {}
+        self.ports = _PortAllocator()
+        self.endpoints: list[Endpoint] = []
+        self.bindings: dict[str, list[Binding]] = {}
+        self.hairpin_ports: list[str] = []
+
+    def enabled(self, v: V) -> bool:
+        return self.daemon.iptables if v == 4 else self.daemon.ip6tables
+
+    # ------------------------------------------------------------------ daemon start
+
+    def start_daemon(self) -> None:
+        """bridge.configure + libnetwork.New + configureNetworking (daemon start, fresh host)."""
+        for v in (4, 6):
+            if self.enabled(v):
+                self.setup_ip_chains(v)
+        for v in (4, 6):
+            if self.enabled(v):
+                self.setup_user_chain(v)
+
+    def setup_ip_chains(self, v: V) -> None:
+        """setup_ip_tables_linux.go setupIPChains: Docker's chains and the jumps into them."""
+        ipt = self.ipt[v]
+        o = "setupIPChains"
+        ipt.new_chain("nat", DOCKER)
+        for name in (DOCKER, DOCKER_FORWARD, DOCKER_BRIDGE, DOCKER_CT, ISOLATION1, ISOLATION2):
+            ipt.new_chain("filter", name)
+        self.add_nat_jump_rules(v)
+        ipt.ensure_jump("filter", "FORWARD", DOCKER_FORWARD, o)
+        ipt.ensure_jump("filter", DOCKER_FORWARD, DOCKER_BRIDGE, o)
+        ipt.ensure_jump("filter", DOCKER_FORWARD, ISOLATION1, o)
+        ipt.ensure_jump("filter", DOCKER_FORWARD, DOCKER_CT, o)
+
+    def add_nat_jump_rules(self, v: V) -> None:
+        """setup_ip_tables_linux.go addNATJumpRules: PREROUTING/OUTPUT ``-m addrtype --dst-type LOCAL -j DOCKER``."""
+        ipt = self.ipt[v]
+        o = "addNATJumpRules"
+        ipt.append("nat", "PREROUTING", rule(AddrTypeLocal("d"), action=Jump(DOCKER), origin=o))
+        loopback = None
+        if not self.daemon.hairpin:
+            loopback = Addr("d", LOOPBACK4 if v == 4 else LOOPBACK6, negate=True)
+        ipt.append("nat", "OUTPUT", rule(AddrTypeLocal("d"), loopback, action=Jump(DOCKER), origin=o))
+
+    def setup_user_chain(self, v: V) -> None:
+        """firewall_linux.go setupUserChain: DOCKER-USER with its RETURN, jumped to first from FORWARD."""
+        ipt = self.ipt[v]
+        ipt.new_chain("filter", DOCKER_USER)
+        ipt.append("filter", DOCKER_USER, rule(action=Verdict("RETURN"), origin="setupUserChain"))
+        ipt.ensure_jump("filter", "FORWARD", DOCKER_USER, "setupUserChain")
+
+    # ------------------------------------------------------------------ networks
+
+    def create_network(self, net: Network) -> None:
+        """bridge_linux.go createNetwork: the setup steps that touch the firewall, in their order."""
+        d = self.daemon
+        has4, has6 = net.enable_ipv4, net.enable_ipv6
+        for v, has in ((4, has4), (6, has6)):
+            pool_nets = net.subnets4 if v == 4 else net.subnets6
+            gws = net.gateways4 if v == 4 else net.gateways6
+            if has:
+                self.ipam[(net.name, v)] = _Pool(pool_nets[0], gws[0] if gws else None)
+        if has4 and d.ip_forward:
+            self.setup_ip_forwarding(4, net)
+        if has6 and d.ip_forward:
+            self.setup_ip_forwarding(6, net)
+        if d.hairpin:
+            self.sysctl(f"net.ipv4.conf.{net.bridge}.route_localnet", "1", f"setupLoopbackAddressesRouting[{net.name}]")
+        if has4 and self.enabled(4):
+            self.setup_ip_tables(4, net, net.subnets4[0])
+        if has6 and self.enabled(6):
+            self.setup_ip_tables(6, net, net.subnets6[0])
+        if self.enabled(4) or self.enabled(6):
+            self.isolate_network(net)
+        if not net.icc or d.hairpin:
+            if self.enabled(4) and self.forwarding[4]:
+                self.sysctl("net.bridge.bridge-nf-call-iptables", "1", f"setupIPv4BridgeNetFiltering[{net.name}]")
+            if self.enabled(6) and has6:
+                self.sysctl("net.bridge.bridge-nf-call-ip6tables", "1", f"setupIPv6BridgeNetFiltering[{net.name}]")
+
+    def setup_ip_forwarding(self, v: V, net: Network) -> None:
+        """setup_ip_forwarding.go setupIPv4Forwarding/setupIPv6Forwarding: FORWARD DROP only if dockerd turned it on."""
+        if v == 4:
+            self.sysctl("net.ipv4.ip_forward", "1", f"setupIPv4Forwarding[{net.name}]")
+        else:
+            self.sysctl("net.ipv6.conf.default.forwarding", "1", f"setupIPv6Forwarding[{net.name}]")
+            self.sysctl("net.ipv6.conf.all.forwarding", "1", f"setupIPv6Forwarding[{net.name}]")
+        changed = not self.forwarding[v]
+        self.forwarding[v] = True
+        if changed and self.enabled(v) and not self.daemon.ip_forward_no_drop:
+            self.ipt[v].set_policy("filter", "FORWARD", "DROP")
+
+    def setup_ip_tables(self, v: V, net: Network, subnet: IPv4Network | IPv6Network) -> None:
+        """setup_ip_tables_linux.go setupIPTables."""
+        if net.internal:
+            self.setup_internal_network_rules(v, net, subnet)
+            return
+        self.setup_non_internal_network_rules(v, net, subnet)
+        self.set_default_forward_rule(v, net)
+        br = net.bridge
+        self.ipt[v].append(
+            "filter", DOCKER_CT,
+            rule(Iface("o", br), CtState(), action=Verdict("ACCEPT"), origin=f"setupIPTables[{net.name}] ct related"),
+        )
+        self.ipt[v].append(
+            "filter", DOCKER_BRIDGE,
+            rule(Iface("o", br), action=Jump(DOCKER), origin=f"setupIPTables[{net.name}] jump to docker"),
+        )
+
+    def gw_mode(self, v: V, net: Network) -> str:
+        return net.gw_mode4 if v == 4 else net.gw_mode6
+
+    def setup_non_internal_network_rules(self, v: V, net: Network, subnet: IPv4Network | IPv6Network) -> None:
+        """setup_ip_tables_linux.go setupNonInternalNetworkRules: NAT, skip-DNAT, hairpin MASQ, ICC, ICMP, outgoing."""
+        ipt = self.ipt[v]
+        br = net.bridge
+        o = f"setupNonInternalNetworkRules[{net.name}]"
+        host_ip = net.host_ipv4 if v == 4 else net.host_ipv6
+        nat = self.gw_mode(v, net) != "routed"
+        hairpin = self.daemon.hairpin
+        masq: Action = Snat(host_ip) if host_ip is not None else Masquerade()
+        if nat and net.masquerade:
+            ipt.insert("nat", "POSTROUTING", rule(Addr("s", subnet), Iface("o", br, True), action=masq, origin=o + " NAT"))
+        if not nat or (net.masquerade and not hairpin):
+            ipt.insert("nat", DOCKER, rule(Iface("i", br), action=Verdict("RETURN"), origin=o + " SKIP DNAT"))
+        hp = rule(AddrTypeLocal("s"), Iface("o", br), action=masq, origin=o + " MASQ LOCAL HOST")
+        if hairpin:
+            ipt.insert("nat", "POSTROUTING", hp)
+        else:
+            ipt.delete("nat", "POSTROUTING", hp)
+        self.set_icc(v, net, internal=False)
+        if not nat:
+            self.set_icmp(v, net)
+        out_no_icc = rule(Iface("i", br), Iface("o", br, True), action=Verdict("ACCEPT"), origin=o + " ACCEPT NON_ICC OUTGOING")
+        if net.icc:
+            ipt.append("filter", DOCKER_FORWARD, rule(Iface("i", br), action=Verdict("ACCEPT"), origin=o + " ACCEPT OUTGOING"))
+        else:
+            ipt.append("filter", DOCKER_FORWARD, out_no_icc)
+
+    def set_icc(self, v: V, net: Network, internal: bool) -> None:
+        """setup_ip_tables_linux.go setIcc: ``-i BR -o BR`` ACCEPT (internal + icc) or DROP (no icc)."""
+        ipt = self.ipt[v]
+        br = net.bridge
+        o = f"setIcc[{net.name}]"
+        accept = rule(Iface("i", br), Iface("o", br), action=Verdict("ACCEPT"), origin=o)
+        drop = rule(Iface("i", br), Iface("o", br), action=Verdict("DROP"), origin=o)
+        if net.icc and internal:
+            ipt.append("filter", DOCKER_FORWARD, accept)
+        else:
+            ipt.delete("filter", DOCKER_FORWARD, accept)
+        if not net.icc:
+            ipt.append("filter", DOCKER_FORWARD, drop)
+        else:
+            ipt.delete("filter", DOCKER_FORWARD, drop)
+
+    def set_icmp(self, v: V, net: Network) -> None:
+        """setup_ip_tables_linux.go setICMP: routed networks accept ICMP to the bridge."""
+        proto = "icmp" if v == 4 else "ipv6-icmp"
+        self.ipt[v].append(
+            "filter", DOCKER, rule(Iface("o", net.bridge), L4Proto(proto), action=Verdict("ACCEPT"), origin=f"setICMP[{net.name}]")
+        )
+
+    def set_default_forward_rule(self, v: V, net: Network) -> None:
+        """setup_ip_tables_linux.go setDefaultForwardRule: ``! -i BR -o BR`` DROP (ACCEPT when nat-unprotected)."""
+        action = "ACCEPT" if self.gw_mode(v, net) == "nat-unprotected" else "DROP"
+        self.ipt[v].append(
+            "filter", DOCKER,
+            rule(Iface("i", net.bridge, True), Iface("o", net.bridge), action=Verdict(action), origin=f"setDefaultForwardRule[{net.name}]"),  # type: ignore[arg-type]
+        )
+
+    def setup_internal_network_rules(self, v: V, net: Network, subnet: IPv4Network | IPv6Network) -> None:
+        """setup_ip_tables_linux.go setupInternalNetworkRules: keep an internal network's traffic on its bridge."""
+        ipt = self.ipt[v]
+        br = net.bridge
+        o = f"setupInternalNetworkRules[{net.name}]"
+        if v == 4:
+            in_drop = rule(Iface("i", br), Addr("d", subnet, True), action=Verdict("DROP"), origin=o + " DROP INCOMING")
+            out_drop = rule(Iface("o", br), Addr("s", subnet, True), action=Verdict("DROP"), origin=o + " DROP OUTGOING")
+        else:
+            in_drop = rule(Iface("i", br), Iface("o", br, True), Addr("d", subnet, True), action=Verdict("DROP"), origin=o + " DROP INCOMING")
+            out_drop = rule(Iface("i", br, True), Iface("o", br), Addr("s", subnet, True), action=Verdict("DROP"), origin=o + " DROP OUTGOING")
+        ipt.insert("filter", ISOLATION1, in_drop)
+        ipt.insert("filter", ISOLATION1, out_drop)
+        self.set_icc(v, net, internal=True)
+
+    def isolate_network(self, net: Network) -> None:
+        """bridge_linux.go isolateNetwork: inter-network isolation, per family the network has."""
+        if net.internal:
+            return
+        if self.enabled(4) and net.enable_ipv4:
+            self.set_inc(4, net)
+        if self.enabled(6) and net.enable_ipv6:
+            self.set_inc(6, net)
+
+    def set_inc(self, v: V, net: Network) -> None:
+        """setup_ip_tables_linux.go setINC: STAGE-1 jump to STAGE-2, STAGE-2 DROP (routed: RETURN and ct ACCEPT on top)."""
+        ipt = self.ipt[v]
+        br = net.bridge
+        o = f"setINC[{net.name}]"
+        if self.gw_mode(v, net) == "routed":
+            ipt.insert("filter", ISOLATION1, rule(Iface("o", br), action=Verdict("RETURN"), origin=o))
+            ipt.insert("filter", ISOLATION1, rule(Iface("i", br), CtState(), action=Verdict("ACCEPT"), origin=o))
+        ipt.append("filter", ISOLATION1, rule(Iface("i", br), Iface("o", br, True), action=Jump(ISOLATION2), origin=o))
+        ipt.insert("filter", ISOLATION2, rule(Iface("o", br), action=Verdict("DROP"), origin=o))
+
+    # ------------------------------------------------------------------ endpoints and ports
+
+    def create_endpoint(self, ctr: Container, net: Network) -> Endpoint:
+        """bridge_linux.go CreateEndpoint: allocate the endpoint's addresses (IPAM)."""
+        want = [a for (n, a) in ctr.addresses if n == net.name]
+        addrs: dict[int, IPAddress | None] = {4: None, 6: None}
+        for v in (4, 6):
+            pool = self.ipam.get((net.name, v))
+            explicit = [a for a in want if a.version == v]
+            if pool is None:
+                if explicit:
+                    raise GenerationError(
+                        f"{self.sc.source}: container {ctr.name!r}: network {net.name!r} has no IPv{v} subnet for {explicit[0]}"
+                    )
+                continue
+            try:
+                addrs[v] = pool.allocate(explicit[0] if explicit else None)
+            except ValueError as e:
+                raise GenerationError(f"{self.sc.source}: container {ctr.name!r} on {net.name!r}: {e}") from None
+        if self.daemon.hairpin:
+            self.hairpin_ports.append(f"{net.bridge}:{ctr.name}")
+        ep = Endpoint(ctr.name, net.name, addrs[4], addrs[6])  # type: ignore[arg-type]
+        self.endpoints.append(ep)
+        return ep
+
+    def program_external_connectivity(self, ctr: Container, net: Network, ep: Endpoint) -> None:
+        """bridge_linux.go ProgramExternalConnectivity: port mappings, then legacy links when icc is off."""
+        bindings = self.add_port_mappings(ctr, net, ep)
+        self.bindings[ctr.name] = bindings
+
+    def add_port_mappings(self, ctr: Container, net: Network, ep: Endpoint) -> list[Binding]:
+        """port_mapping_linux.go addPortMappings: sort, expand per family, allocate host ports, program rules."""
+        if not ctr.publish:
+            return []
+        def_host_ip: IPAddress = net.host_binding if net.host_binding is not None else IPv4Address("0.0.0.0")
+        cfg = sorted(ctr.publish, key=_pb_sort_key)
+        disable_nat = {4: net.gw_mode4 == "routed", 6: net.gw_mode6 == "routed"}
+        out: list[Binding] = []
+        group: list[tuple[PortSpec, IPAddress, IPAddress]] = []
+        for i, c in enumerate(cfg):
+            b4 = _configure_binding_v4(c, ep.ipv4, def_host_ip, disable_nat[4])
+            if b4 is not None:
+                group.append((c, *b4))
+            cip6: IPAddress | None = ep.ipv6
+            if ep.ipv6 is None and self.daemon.userland_proxy:
+                cip6 = ep.ipv4
+            b6 = _configure_binding_v6(c, cip6, def_host_ip, disable_nat[6])
+            if b6 is not None:
+                group.append((c, *b6))
+            if i < len(cfg) - 1 and _need_same_port(c, cfg[i + 1]):
+                continue
+            out.extend(self._bind_host_ports(ctr, group, disable_nat))
+            group = []
+        for b in out:
+            self.set_per_port_iptables(net, b, ctr.name)
+        return out
+
+    def _bind_host_ports(
+        self, ctr: Container, group: list[tuple[PortSpec, IPAddress, IPAddress]], disable_nat: dict[int, bool]
+    ) -> list[Binding]:
+        """port_mapping_linux.go bindHostPorts: one host port for every address of the group."""
+        if not group:
+            return []
+        spec = group[0][0]
+        nat_group = [(s, hip, cip) for (s, hip, cip) in group if not disable_nat[cip.version]]
+        port = 0
+        if nat_group:
+            lo, hi = spec.host_port, spec.host_port_end or spec.host_port
+            try:
+                port = self.ports.request([hip for (_, hip, _) in nat_group], spec.proto, lo, hi)
+            except ValueError as e:
+                raise GenerationError(f"{self.sc.source}: container {ctr.name!r}: -p {spec}: {e}") from None
+        out = []
+        for s, hip, cip in group:
+            hp = 0 if disable_nat[cip.version] else port
+            out.append(Binding(s.proto, cip, s.container_port, hip, hp))
+        return out
+
+    def set_per_port_iptables(self, net: Network, b: Binding, ctr: str) -> None:
+        """port_mapping_linux.go setPerPortIptables: loopback filter, direct-access filter, DNAT, per-port ACCEPT."""
+        v: V = b.container_ip.version  # type: ignore[assignment]
+        if not self.enabled(v):
+            return
+        origin = f"{net.name} {ctr} {b.host_port}->{b.container_port}/{b.proto}"
+        self.filter_port_mapped_on_loopback(b, origin)
+        self.filter_direct_access(net, b, origin)
+        if b.container_ip.version != b.host_ip.version:
+            return
+        self.set_per_port_nat(net, b, origin)
+        if self.gw_mode(v, net) != "nat-unprotected":
+            self.set_per_port_forwarding(net, b, origin)
+
+    def filter_port_mapped_on_loopback(self, b: Binding, origin: str) -> None:
+        """port_mapping_linux.go filterPortMappedOnLoopback: raw ``-d 127.x --dport HP ! -i lo -j DROP``."""
+        if b.host_port == 0 or b.host_ip.version != 4 or not b.host_ip.is_loopback:
+            return
+        if not self.daemon.iptables:
+            return
+        self.ipt[4].append(
+            "raw", "PREROUTING",
+            rule(Addr("d", host(b.host_ip)), Iface("i", "lo", True), Port(b.proto, "d", b.host_port),
+                 action=Verdict("DROP"), origin=f"filterPortMappedOnLoopback[{origin}]"),
+        )
+
+    def filter_direct_access(self, net: Network, b: Binding, origin: str) -> None:
+        """port_mapping_linux.go filterDirectAccess: raw ``-d CIP --dport CPORT ! -i BR -j DROP`` (nat mode only)."""
+        v: V = b.container_ip.version  # type: ignore[assignment]
+        if self.gw_mode(v, net) in ("nat-unprotected", "routed"):
+            return
+        self.ipt[v].append(
+            "raw", "PREROUTING",
+            rule(Addr("d", host(b.container_ip)), Iface("i", net.bridge, True), Port(b.proto, "d", b.container_port),
+                 action=Verdict("DROP"), origin=f"filterDirectAccess[{origin}]"),
+        )
+
+    def set_per_port_nat(self, net: Network, b: Binding, origin: str) -> None:
+        """port_mapping_linux.go setPerPortNAT: DNAT in nat DOCKER; hairpin MASQUERADE without the proxy."""
+        if b.host_port == 0:
+            return
+        v: V = b.container_ip.version  # type: ignore[assignment]
+        ipt = self.ipt[v]
+        dst = None if b.host_ip.is_unspecified else Addr("d", host(b.host_ip))
+        not_bridge = None if self.daemon.hairpin else Iface("i", net.bridge, True)
+        not_ll = Addr("s", LINK_LOCAL6, True) if v == 6 else None
+        ipt.append(
+            "nat", DOCKER,
+            rule(dst, not_bridge, not_ll, Port(b.proto, "d", b.host_port),
+                 action=Dnat(b.container_ip, b.container_port), origin=f"setPerPortNAT[{origin}] DNAT"),
+        )
+        masq = rule(Addr("s", host(b.container_ip)), Addr("d", host(b.container_ip)), Port(b.proto, "d", b.container_port),
+                    action=Masquerade(), origin=f"setPerPortNAT[{origin}] MASQUERADE")
+        if self.daemon.hairpin:
+            ipt.append("nat", "POSTROUTING", masq)
+        else:
+            ipt.delete("nat", "POSTROUTING", masq)
+
+    def set_per_port_forwarding(self, net: Network, b: Binding, origin: str) -> None:
+        """port_mapping_linux.go setPerPortForwarding: filter DOCKER ``-I`` ACCEPT to the container port."""
+        v: V = b.container_ip.version  # type: ignore[assignment]
+        self.ipt[v].insert(
+            "filter", DOCKER,
+            rule(Addr("d", host(b.container_ip)), Iface("i", net.bridge, True), Iface("o", net.bridge),
+                 Port(b.proto, "d", b.container_port), action=Verdict("ACCEPT"), origin=f"setPerPortForwarding[{origin}]"),
+        )
+
+    def link(self, net: Network, parent: Container, parent_ep: Endpoint, child: Container, child_ep: Endpoint) -> None:
+        """bridge_linux.go link / link.go: legacy ``--link`` ACCEPT rules for the child's exposed ports (icc off)."""
+        if not self.enabled(4) or parent_ep.ipv4 is None or child_ep.ipv4 is None:
+            return
+        br = net.bridge
+        ports = sorted(set(child.expose) | {(p.container_port, p.proto) for p in child.publish}, key=lambda t: (t[0], PROTO_ORDER[t[1]]))
+        for port, proto in ports:
+            o = f"link[{parent.name}->{child.name} {port}/{proto}]"
+            self.ipt[4].append(
+                "filter", DOCKER,
+                rule(Addr("s", host(parent_ep.ipv4)), Addr("d", host(child_ep.ipv4)), Iface("i", br), Iface("o", br),
+                     Port(proto, "d", port), action=Verdict("ACCEPT"), origin=o),
+            )
+            self.ipt[4].append(
+                "filter", DOCKER,
+                rule(Addr("s", host(child_ep.ipv4)), Addr("d", host(parent_ep.ipv4)), Iface("i", br), Iface("o", br),
+                     Port(proto, "s", port), action=Verdict("ACCEPT"), origin=o),
+            )
+
+    # ------------------------------------------------------------------ whole host
+
+    def sysctl(self, key: str, value: str, origin: str) -> None:
+        if not any(s.key == key and s.value == value for s in self.sysctls):
+            self.sysctls.append(Sysctl(key, value, origin))
+
+    def run_container(self, ctr: Container, eps: dict[tuple[str, str], Endpoint]) -> None:
+        """docker run then docker network connect: endpoints in order, ports on the gateway endpoint."""
+        nets = [self.sc.network(n) for n in ctr.networks]
+        mine = []
+        for net in nets:
+            ep = self.create_endpoint(ctr, net)
+            eps[(ctr.name, net.name)] = ep
+            mine.append((net, ep))
+        gw = _gateway_endpoint(mine)
+        if gw is not None:
+            net, ep = gw
+            self.program_external_connectivity(ctr, net, ep)
+        for net, ep in mine:
+            if net.icc or not ctr.links:
+                continue
+            for l in ctr.links:
+                child = next(c for c in self.sc.containers if c.name == l.name)
+                child_ep = eps.get((child.name, net.name))
+                if child_ep is not None:
+                    self.link(net, ctr, ep, child, child_ep)
+
+    def run(self) -> Generated:
+        self.start_daemon()
+        for net in self.sc.networks:
+            self.create_network(net)
+        eps: dict[tuple[str, str], Endpoint] = {}
+        for ctr in self.sc.containers:
+            self.run_container(ctr, eps)
+        rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
+        return Generated(self.sc, rulesets, self.endpoints, self.bindings, self.sysctls, self.hairpin_ports)
+
+
+def generate(scenario: Scenario) -> Generated:
+    """Model -> rule IR, exactly as Docker 28.0.1 would program the host."""
+    return Firewall(scenario).run()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _gateway_endpoint(eps: list[tuple[Network, Endpoint]]) -> tuple[Network, Endpoint] | None:
+    """The endpoint that gets the container's port mappings: the first that is not internal."""
+    for net, ep in eps:
+        if not net.internal:
+            return net, ep
+    return None
+
+
+def _pb_sort_key(p: PortSpec) -> tuple:
+    """port_mapping_linux.go cmpPortBinding: exact ports before ranges, then port, proto, host port, host IP."""
+    end = p.host_port_end or p.host_port
+    is_range = p.host_port == 0 or p.host_port != end
+    if p.host_ip is None:
+        ip_key: tuple = (0, 0, 0)
+    else:
+        ip_key = (1, p.host_ip.version, int(p.host_ip))
+    return (is_range, p.container_port, PROTO_ORDER[p.proto], p.host_port, end, ip_key)
+
+
+def _need_same_port(a: PortSpec, b: PortSpec) -> bool:
+    """port_mapping_linux.go needSamePort."""
+    return (
+        a.container_port == b.container_port
+        and a.proto == b.proto
+        and a.host_port == b.host_port
+        and (a.host_port_end or a.host_port) == (b.host_port_end or b.host_port)
+    )
+
+
+def _configure_binding_v4(
+    c: PortSpec, cip: IPAddress | None, def_host_ip: IPAddress, disable_nat: bool
+) -> tuple[IPAddress, IPAddress] | None:
+    """port_mapping_linux.go configurePortBindingIPv4: (host IP, container IP) or None."""
+    if cip is None:
+        return None
+    hip = c.host_ip
+    if hip is not None and hip.version != 4:
+        return None
+    if hip is None:
+        if def_host_ip.version != 4:
+            return None
+        hip = IPv4Address("0.0.0.0") if disable_nat else def_host_ip
+    if disable_nat and not hip.is_unspecified:
+        hip = IPv4Address("0.0.0.0")
+    return hip, cip
+
+
+def _configure_binding_v6(
+    c: PortSpec, cip: IPAddress | None, def_host_ip: IPAddress, disable_nat: bool
+) -> tuple[IPAddress, IPAddress] | None:
+    """port_mapping_linux.go configurePortBindingIPv6: (host IP, container IP) or None."""
+    if cip is None:
+        return None
+    hip = c.host_ip
+    if hip is not None and hip.version != 6:
+        return None
+    if hip is None:
+        if def_host_ip == IPv4Address("0.0.0.0"):
+            hip = IPv6Address("::")
+        elif def_host_ip.version == 6:
+            hip = IPv6Address("::") if disable_nat else def_host_ip
+        else:
+            return None
+    if disable_nat and not hip.is_unspecified:
+        hip = IPv6Address("::")
+    return hip, cip
+
+
+class _Pool:
+    """libnetwork's default IPAM for one subnet: serial allocation after the last address handed out."""
+
+    def __init__(self, subnet: IPv4Network | IPv6Network, gateway: IPAddress | None) -> None:
+        self.subnet = subnet
+        self.used: set[int] = set()
+        self.first = int(subnet.network_address)
+        self.last = int(subnet.broadcast_address)
+        self.cursor = self.first + 1
+        if subnet.version == 4 and subnet.prefixlen < 31:
+            self.used.add(self.first)
+            self.used.add(self.last)
+        elif subnet.version == 6:
+            self.used.add(self.first)
+        if gateway is not None:
+            self._take(int(gateway))
+
+    def _take(self, n: int) -> None:
+        self.used.add(n)
+        self.cursor = n + 1
+
+    def allocate(self, want: IPAddress | None) -> IPAddress:
+        if want is not None:
+            if want not in self.subnet:
+                raise ValueError(f"address {want} is not in subnet {self.subnet}")
+            if int(want) in self.used:
+                raise ValueError(f"address {want} is already in use")
+            self._take(int(want))
+            return want
+        size = self.last - self.first + 1
+        n = self.cursor
+        for _ in range(min(size, 1 << 20)):
+            if n > self.last:
+                n = self.first
+            if n not in self.used:
+                self._take(n)
+                return ip_address(n) if self.subnet.version == 4 else IPv6Address(n)
+            n += 1
+        raise ValueError(f"no free address left in {self.subnet}")
+
+
+class _PortAllocator:
+    """libnetwork/portallocator: host ports per protocol and host address."""
+
+    def __init__(self) -> None:
+        self.taken: dict[tuple[str, IPAddress], set[int]] = {}
+        self.last_dynamic: dict[tuple[str, IPAddress], int] = {}
+
+    def _busy(self, hip: IPAddress, proto: str, port: int) -> bool:
+        for (p, ip), ports in self.taken.items():
+            if p != proto or port not in ports:
+                continue
+            if ip == hip or ip.is_unspecified or hip.is_unspecified:
+                if ip.version == hip.version or (ip.is_unspecified and hip.is_unspecified):
+                    return True
+        return False
+
+    def request(self, hips: Iterable[IPAddress], proto: str, lo: int, hi: int) -> int:
+        hips = list(hips)
+        if lo == 0:
+            lo, hi = EPHEMERAL_PORTS
+            dynamic = True
+        else:
+            dynamic = False
+        key = (proto, hips[0])
+        start = self.last_dynamic.get(key, lo - 1) + 1 if dynamic else lo
+        span = hi - lo + 1
+        for i in range(span):
+            port = lo + ((start - lo + i) % span)
+            if not any(self._busy(h, proto, port) for h in hips):
+                for h in hips:
+                    self.taken.setdefault((proto, h), set()).add(port)
+                if dynamic:
+                    self.last_dynamic[key] = port
+                return port
+        if lo == hi:
+            raise ValueError(f"host port {lo}/{proto} is already allocated")
+        raise ValueError(f"no free host port in {lo}-{hi}/{proto}")

@@ -1,0 +1,209 @@
+"""The rule IR: one small typed tree per rule, rendered to nft text, libnftables JSON and iptables-save.
+
+A :class:`Rule` holds matches and one action. Matches are kept in iptables' canonical
+argument order (``-s -d -i -o -p --sport/--dport -m addrtype -m conntrack``), so two rules
+that iptables would consider the same (``iptables -C``) compare equal here too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from typing import Literal, Union
+
+Dir = Literal["s", "d"]
+
+
+@dataclass(frozen=True)
+class Addr:
+    """``[!] -s/-d PREFIX`` / ``ip saddr/daddr [!=] PREFIX``."""
+
+    dir: Dir
+    net: IPv4Network | IPv6Network
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Iface:
+    """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``."""
+
+    dir: Literal["i", "o"]
+    name: str
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class L4Proto:
+    """``-p PROTO`` with no port / ``meta l4proto PROTO``."""
+
+    proto: str  # tcp udp sctp icmp ipv6-icmp
+
+
+@dataclass(frozen=True)
+class Port:
+    """``-p PROTO -m PROTO --sport/--dport N`` / ``PROTO sport/dport N``."""
+
+    proto: str
+    dir: Dir
+    port: int
+
+
+@dataclass(frozen=True)
+class AddrTypeLocal:
+    """``-m addrtype --src-type/--dst-type LOCAL`` / ``fib saddr/daddr type local``."""
+
+    dir: Dir
+
+
+@dataclass(frozen=True)
+class CtState:
+    """``-m conntrack --ctstate RELATED,ESTABLISHED`` / ``ct state related,established``."""
+
+    states: tuple[str, ...] = ("RELATED", "ESTABLISHED")
+
+
+Match = Union[Addr, Iface, L4Proto, Port, AddrTypeLocal, CtState]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``-j ACCEPT|DROP|RETURN``."""
+
+    kind: Literal["ACCEPT", "DROP", "RETURN"]
+
+
+@dataclass(frozen=True)
+class Jump:
+    """``-j CHAIN``: a chain of the same iptables table."""
+
+    chain: str
+
+
+@dataclass(frozen=True)
+class Dnat:
+    """``-j DNAT --to-destination ADDR:PORT``."""
+
+    addr: IPv4Address | IPv6Address
+    port: int | None = None
+
+
+@dataclass(frozen=True)
+class Snat:
+    """``-j SNAT --to-source ADDR``."""
+
+    addr: IPv4Address | IPv6Address
+
+
+@dataclass(frozen=True)
+class Masquerade:
+    """``-j MASQUERADE``."""
+
+
+Action = Union[Verdict, Jump, Dnat, Snat, Masquerade]
+
+
+def _order(m: Match) -> tuple[int, int]:
+    match m:
+        case Addr(dir=d):
+            return (0, 0 if d == "s" else 1)
+        case Iface(dir=d):
+            return (1, 0 if d == "i" else 1)
+        case L4Proto():
+            return (2, 0)
+        case Port(dir=d):
+            return (3, 0 if d == "s" else 1)
+        case AddrTypeLocal():
+            return (4, 0)
+        case CtState():
+            return (5, 0)
+    raise TypeError(m)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: matches in canonical order, one action, and where it came from."""
+
+    matches: tuple[Match, ...]
+    action: Action
+    origin: str = field(default="", compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matches", tuple(sorted(self.matches, key=_order)))
+
+
+def rule(*matches: Match | None, action: Action, origin: str = "") -> Rule:
+    """Build a rule, dropping ``None`` matches (for optional terms)."""
+    return Rule(tuple(m for m in matches if m is not None), action, origin)
+
+
+def host(addr: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network:
+    return ip_network(addr)
+
+
+ANY4 = ip_network("0.0.0.0/0")
+ANY6 = ip_network("::/0")
+
+BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
+    "raw": ("PREROUTING", "OUTPUT"),
+    "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
+    "filter": ("INPUT", "FORWARD", "OUTPUT"),
+    "nat": ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"),
+}
+TABLE_ORDER = ("raw", "mangle", "filter", "nat")
+
+# nft base chain settings for the iptables built-in chains nftdocker writes to.
+BASE_CHAINS: dict[tuple[str, str], tuple[str, str, int]] = {
+    ("raw", "PREROUTING"): ("filter", "prerouting", -300),
+    ("raw", "OUTPUT"): ("filter", "output", -300),
+    ("mangle", "PREROUTING"): ("filter", "prerouting", -150),
+    ("mangle", "INPUT"): ("filter", "input", -150),
+    ("mangle", "FORWARD"): ("filter", "forward", -150),
+    ("mangle", "OUTPUT"): ("route", "output", -150),
+    ("mangle", "POSTROUTING"): ("filter", "postrouting", -150),
+    ("filter", "INPUT"): ("filter", "input", 0),
+    ("filter", "FORWARD"): ("filter", "forward", 0),
+    ("filter", "OUTPUT"): ("filter", "output", 0),
+    ("nat", "PREROUTING"): ("nat", "prerouting", -100),
+    ("nat", "INPUT"): ("nat", "input", 100),
+    ("nat", "OUTPUT"): ("nat", "output", -100),
+    ("nat", "POSTROUTING"): ("nat", "postrouting", 100),
+}
+
+
+@dataclass
+class Chain:
+    """A chain: its iptables table and name, policy for built-ins, and rules in order."""
+
+    table: str
+    name: str
+    rules: list[Rule] = field(default_factory=list)
+    policy: Literal["ACCEPT", "DROP"] | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_CHAINS[self.table]
+
+    @property
+    def nft_name(self) -> str:
+        return f"{self.table}-{self.name}"
+
+
+@dataclass
+class Ruleset:
+    """What one address family's iptables would hold: tables of chains, in creation order."""
+
+    family: Literal["ip", "ip6"]
+    chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
+
+    def tables(self) -> list[str]:
+        present = {t for (t, _) in self.chains}
+        return [t for t in TABLE_ORDER if t in present]
+
+    def ordered_chains(self, table: str) -> list[Chain]:
+        """Built-ins in hook order (those present), then user chains sorted, as iptables-save lists them."""
+        builtins = [self.chains[(table, n)] for n in BUILTIN_CHAINS[table] if (table, n) in self.chains]
+        users = sorted((c for (t, n), c in self.chains.items() if t == table and not c.builtin), key=lambda c: c.name)
+        return builtins + users
+
+    def is_empty(self) -> bool:
+        return not self.chains

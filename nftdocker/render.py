@@ -1,0 +1,216 @@
+"""Renderers: rule IR -> nft text and libnftables JSON.
+
+One nft table per family (``table ip nftdocker``, ``table ip6 nftdocker``); each iptables
+chain Docker uses becomes the nft chain ``<iptables table>-<chain>``. Only native
+expressions: ``fib`` for addrtype, ``ct state`` for conntrack, ``iifname``/``oifname``,
+payload matches, ``dnat``/``snat``/``masquerade``. No sets, maps or ``xt`` expressions.
+"""
+
+from __future__ import annotations
+
+import json
+from ipaddress import IPv4Network, IPv6Network
+from typing import Any, assert_never
+
+from .ir import (
+    BASE_CHAINS,
+    Addr,
+    AddrTypeLocal,
+    Chain,
+    CtState,
+    Dnat,
+    Iface,
+    Jump,
+    L4Proto,
+    Masquerade,
+    Match,
+    Port,
+    Rule,
+    Ruleset,
+    Snat,
+    Verdict,
+    Action,
+    TABLE_ORDER,
+)
+
+DEFAULT_TABLE = "nftdocker"
+PRIO_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 100: "srcnat"}
+
+
+def nft_chains(rs: Ruleset) -> list[Chain]:
+    """The chains of the nft table in output order: per iptables table, built-ins then user chains."""
+    out: list[Chain] = []
+    for t in TABLE_ORDER:
+        if any(tt == t for (tt, _) in rs.chains):
+            out.extend(rs.ordered_chains(t))
+    return out
+
+
+def _addr_text(net: IPv4Network | IPv6Network) -> str:
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return str(net)
+
+
+def _l3(rs: Ruleset) -> str:
+    return "ip" if rs.family == "ip" else "ip6"
+
+
+def match_text(m: Match, rs: Ruleset) -> str:
+    match m:
+        case Addr(dir=d, net=net, negate=neg):
+            op = "!= " if neg else ""
+            return f"{_l3(rs)} {'saddr' if d == 's' else 'daddr'} {op}{_addr_text(net)}"
+        case Iface(dir=d, name=name, negate=neg):
+            op = "!= " if neg else ""
+            return f'{"iifname" if d == "i" else "oifname"} {op}"{name}"'
+        case L4Proto(proto=p):
+            return f"meta l4proto {p}"
+        case Port(proto=p, dir=d, port=port):
+            return f"{p} {'sport' if d == 's' else 'dport'} {port}"
+        case AddrTypeLocal(dir=d):
+            return f"fib {'saddr' if d == 's' else 'daddr'} type local"
+        case CtState(states=states):
+            return "ct state " + ",".join(s.lower() for s in reversed(states))
+        case _:
+            assert_never(m)
+
+
+def action_text(a: Action, rs: Ruleset, table: str) -> str:
+    match a:
+        case Verdict(kind=k):
+            return k.lower()
+        case Jump(chain=c):
+            return f"jump {table}-{c}"
+        case Dnat(addr=addr, port=port):
+            if port is None:
+                return f"dnat to {addr}"
+            return f"dnat to [{addr}]:{port}" if addr.version == 6 else f"dnat to {addr}:{port}"
+        case Snat(addr=addr):
+            return f"snat to {addr}"
+        case Masquerade():
+            return "masquerade"
+        case _:
+            assert_never(a)
+
+
+def rule_text(r: Rule, rs: Ruleset, table: str) -> str:
+    parts = [match_text(m, rs) for m in r.matches]
+    parts.append(action_text(r.action, rs, table))
+    return " ".join(parts)
+
+
+def chain_header(c: Chain) -> str | None:
+    if not c.builtin:
+        return None
+    typ, hook, prio = BASE_CHAINS[(c.table, c.name)]
+    policy = "drop" if c.policy == "DROP" else "accept"
+    name = PRIO_NAMES.get(prio, str(prio))
+    if (name == "dstnat" and hook != "prerouting") or (name == "srcnat" and hook != "postrouting"):
+        name = str(prio)  # nft accepts these names only on their own hook
+    return f"type {typ} hook {hook} priority {name}; policy {policy};"
+
+
+def render_nft(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE, comments: bool = False) -> str:
+    """nft -f input for the rulesets (non-empty families only)."""
+    rss = list(rulesets.values()) if isinstance(rulesets, dict) else list(rulesets)
+    out: list[str] = []
+    for rs in rss:
+        if rs.is_empty():
+            continue
+        out.append(f"table {rs.family} {table} {{")
+        chains = nft_chains(rs)
+        for i, c in enumerate(chains):
+            out.append(f"\tchain {c.nft_name} {{")
+            hdr = chain_header(c)
+            if hdr:
+                out.append(f"\t\t{hdr}")
+            for r in c.rules:
+                line = rule_text(r, rs, c.table)
+                if comments and r.origin:
+                    line += f' comment "{_comment(r.origin)}"'
+                out.append(f"\t\t{line}")
+            out.append("\t}")
+            if i < len(chains) - 1:
+                out.append("")
+        out.append("}")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _comment(text: str) -> str:
+    return text.replace('"', "'")[:128]
+
+
+# ---------------------------------------------------------------------- JSON
+
+
+def match_json(m: Match, rs: Ruleset) -> dict[str, Any]:
+    match m:
+        case Addr(dir=d, net=net, negate=neg):
+            right: Any = (
+                str(net.network_address)
+                if net.prefixlen == net.max_prefixlen
+                else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+            )
+            left = {"payload": {"protocol": _l3(rs), "field": "saddr" if d == "s" else "daddr"}}
+            return {"match": {"op": "!=" if neg else "==", "left": left, "right": right}}
+        case Iface(dir=d, name=name, negate=neg):
+            return {"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname" if d == "i" else "oifname"}}, "right": name}}
+        case L4Proto(proto=p):
+            return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p}}
+        case Port(proto=p, dir=d, port=port):
+            return {"match": {"op": "==", "left": {"payload": {"protocol": p, "field": "sport" if d == "s" else "dport"}}, "right": port}}
+        case AddrTypeLocal(dir=d):
+            return {"match": {"op": "==", "left": {"fib": {"result": "type", "flags": ["saddr" if d == "s" else "daddr"]}}, "right": "local"}}
+        case CtState(states=states):
+            return {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": [s.lower() for s in reversed(states)]}}
+        case _:
+            assert_never(m)
+
+
+def action_json(a: Action, table: str) -> dict[str, Any]:
+    match a:
+        case Verdict(kind=k):
+            return {k.lower(): None}
+        case Jump(chain=c):
+            return {"jump": {"target": f"{table}-{c}"}}
+        case Dnat(addr=addr, port=port):
+            d: dict[str, Any] = {"addr": str(addr)}
+            if port is not None:
+                d["port"] = port
+            return {"dnat": d}
+        case Snat(addr=addr):
+            return {"snat": {"addr": str(addr)}}
+        case Masquerade():
+            return {"masquerade": None}
+        case _:
+            assert_never(a)
+
+
+def rule_expr(r: Rule, rs: Ruleset, table: str) -> list[dict[str, Any]]:
+    return [match_json(m, rs) for m in r.matches] + [action_json(r.action, table)]
+
+
+def render_json_objects(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
+    """The ``nft -j list table`` objects (table, chains, rules) for the rulesets."""
+    rss = list(rulesets.values()) if isinstance(rulesets, dict) else list(rulesets)
+    objs: list[dict[str, Any]] = []
+    for rs in rss:
+        if rs.is_empty():
+            continue
+        objs.append({"table": {"family": rs.family, "name": table}})
+        chains = nft_chains(rs)
+        for c in chains:
+            ch: dict[str, Any] = {"family": rs.family, "table": table, "name": c.nft_name}
+            if c.builtin:
+                typ, hook, prio = BASE_CHAINS[(c.table, c.name)]
+                ch.update({"type": typ, "hook": hook, "prio": prio, "policy": "drop" if c.policy == "DROP" else "accept"})
+            objs.append({"chain": ch})
+        for c in chains:
+            for r in c.rules:
+                objs.append({"rule": {"family": rs.family, "table": table, "chain": c.nft_name, "expr": rule_expr(r, rs, c.table)}})
+    return objs
+
+
+def render_json(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE) -> str:
+    return json.dumps({"nftables": render_json_objects(rulesets, table)}, indent=2) + "\n"

@@ -1,0 +1,802 @@
+"""Read a scenario (TOML, optionally with a ``docker inspect`` dump) into the typed model.
+
+The contract is ../shared/scenario-format.md (bundled as docs in README). Every problem
+raises :class:`ScenarioError` naming the file, the key path and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
+)
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import ScenarioError
+from .model import (
+    DEFAULT_BRIDGE_NETWORK,
+    Container,
+    Daemon,
+    Host,
+    IPAddress,
+    Link,
+    Network,
+    PortSpec,
+    Scenario,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.9/3.10 only
+    import tomli as tomllib
+
+OPT = "com.docker.network."
+OPT_BRIDGE = OPT + "bridge."
+GATEWAY_MODES = ("nat", "nat-unprotected", "routed", "isolated")
+PROTOS = ("tcp", "udp", "sctp")
+_IFNAME_BAD = re.compile(r"[\s/'\"\\\x00-\x1f\x7f]")
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+DAEMON_KEYS: dict[str, type] = {
+    "userland-proxy": bool,
+    "icc": bool,
+    "ip-masq": bool,
+    "ip-forward": bool,
+    "ip-forward-no-drop": bool,
+    "iptables": bool,
+    "ip6tables": bool,
+    "ipv6": bool,
+    "fixed-cidr-v6": str,
+    "ip": str,
+    "bridge": str,
+    "bip": str,
+}
+HOST_KEYS = {"ipv4-forwarding": bool, "ipv6-forwarding": bool}
+NETWORK_KEYS = {"name", "subnets", "gateways", "internal", "ipv6", "options"}
+CONTAINER_KEYS = {"name", "networks", "publish", "addresses", "expose", "links"}
+TOP_KEYS = {"daemon", "host", "networks", "containers", "docker-inspect"}
+
+
+class _Ctx:
+    """Where we are: the file name, for messages."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> ScenarioError:
+        return ScenarioError(self.source, key, problem)
+
+
+def _type_name(t: type) -> str:
+    return {bool: "a boolean", str: "a string", list: "an array", dict: "a table", int: "an integer"}[t]
+
+
+def _expect(ctx: _Ctx, key: str, value: Any, t: type) -> Any:
+    if t is int and isinstance(value, bool):
+        raise ctx.fail(key, f"expected {_type_name(t)}, got {value!r}")
+    if not isinstance(value, t):
+        raise ctx.fail(key, f"expected {_type_name(t)}, got {_describe(value)}")
+    return value
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"number {value!r}"
+    if isinstance(value, str):
+        return f"string {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _unknown(ctx: _Ctx, where: str, table: dict[str, Any], allowed: Iterable[str]) -> None:
+    allowed = set(allowed)
+    for k in table:
+        if k not in allowed:
+            path = f"{where}.{k}" if where else k
+            hint = ", ".join(sorted(allowed))
+            if k == "ingress" or (isinstance(table.get(k), bool) and k == "swarm"):
+                raise ctx.fail(path, "swarm ingress is out of scope for nftdocker")
+            raise ctx.fail(path, f"unknown key (expected one of: {hint})")
+
+
+def check_ifname(ctx: _Ctx, key: str, name: str) -> str:
+    """A Linux interface name: 1-15 bytes, no whitespace, '/', quotes or control characters."""
+    if not name:
+        raise ctx.fail(key, "interface name is empty")
+    if len(name.encode()) > 15:
+        raise ctx.fail(key, f"interface name {name!r} is longer than 15 bytes")
+    if _IFNAME_BAD.search(name) or name in (".", ".."):
+        raise ctx.fail(key, f"{name!r} is not a valid interface name")
+    return name
+
+
+def _check_name(ctx: _Ctx, key: str, name: str, what: str) -> str:
+    if not _NAME_OK.match(name) or len(name) > 128:
+        raise ctx.fail(key, f"{name!r} is not a valid {what} name (letters, digits, '_', '.', '-')")
+    return name
+
+
+def _addr(ctx: _Ctx, key: str, text: Any) -> IPAddress:
+    _expect(ctx, key, text, str)
+    try:
+        return ip_address(text)
+    except ValueError:
+        raise ctx.fail(key, f"{text!r} is not an IP address") from None
+
+
+def _prefix(ctx: _Ctx, key: str, text: Any) -> IPv4Network | IPv6Network:
+    _expect(ctx, key, text, str)
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        raise ctx.fail(key, f"{text!r} is not an IP prefix") from None
+
+
+def _bool_option(ctx: _Ctx, key: str, text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("true", "1", "t"):
+        return True
+    if low in ("false", "0", "f"):
+        return False
+    raise ctx.fail(key, f"{text!r} is not a boolean ('true' or 'false')")
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+def parse_daemon(ctx: _Ctx, raw: Any, where: str = "daemon") -> Daemon:
+    table = _expect(ctx, where, raw, dict)
+    _unknown(ctx, where, table, DAEMON_KEYS)
+    kw: dict[str, Any] = {}
+    for k, t in DAEMON_KEYS.items():
+        if k in table:
+            _expect(ctx, f"{where}.{k}", table[k], t)
+    for k in ("userland-proxy", "icc", "ip-masq", "ip-forward", "ip-forward-no-drop", "iptables", "ip6tables", "ipv6"):
+        if k in table:
+            kw[k.replace("-", "_")] = table[k]
+    if "fixed-cidr-v6" in table:
+        net = _prefix(ctx, f"{where}.fixed-cidr-v6", table["fixed-cidr-v6"])
+        if net.version != 6:
+            raise ctx.fail(f"{where}.fixed-cidr-v6", f"{table['fixed-cidr-v6']!r} is not an IPv6 prefix")
+        kw["fixed_cidr_v6"] = net
+    if "ip" in table:
+        kw["ip"] = _addr(ctx, f"{where}.ip", table["ip"])
+    if "bridge" in table:
+        b = table["bridge"]
+        kw["bridge"] = b if b == "none" else check_ifname(ctx, f"{where}.bridge", b)
+    if "bip" in table:
+        try:
+            iface = ip_interface(table["bip"])
+        except ValueError:
+            raise ctx.fail(f"{where}.bip", f"{table['bip']!r} is not an address with a prefix length") from None
+        if not isinstance(iface, IPv4Interface) or "/" not in table["bip"]:
+            raise ctx.fail(f"{where}.bip", f"{table['bip']!r} is not an IPv4 address with a prefix length")
+        if iface.ip == iface.network.network_address and iface.network.prefixlen < 31:
+            raise ctx.fail(f"{where}.bip", f"{table['bip']!r} is a network address; give the bridge's own address")
+        kw["bip"] = (iface.ip, iface.network)
+    daemon = Daemon(**kw)
+    if not daemon.iptables and not daemon.icc:
+        raise ctx.fail(f"{where}.icc", "dockerd refuses icc = false together with iptables = false")
+    if not daemon.iptables and daemon.ip_masq and "ip-masq" in table:
+        pass  # dockerd silently forces ip-masq off; nothing is generated for IPv4 anyway
+    if daemon.ipv6 and daemon.fixed_cidr_v6 is None and daemon.bridge != "none":
+        raise ctx.fail(f"{where}.ipv6", "ipv6 = true needs fixed-cidr-v6 for the default bridge")
+    return daemon
+
+
+def parse_host(ctx: _Ctx, raw: Any) -> Host:
+    table = _expect(ctx, "host", raw, dict)
+    _unknown(ctx, "host", table, HOST_KEYS)
+    kw = {}
+    for k in HOST_KEYS:
+        if k in table:
+            kw[k.replace("-", "_")] = _expect(ctx, f"host.{k}", table[k], bool)
+    return Host(**kw)
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def default_bridge(daemon: Daemon) -> Network | None:
+    """The default ``bridge`` network dockerd creates (daemon_unix.go initBridgeDriver)."""
+    if daemon.bridge == "none":
+        return None
+    gw, subnet = daemon.bip
+    v6 = daemon.ipv6 and daemon.fixed_cidr_v6 is not None
+    return Network(
+        name=DEFAULT_BRIDGE_NETWORK,
+        bridge=daemon.bridge,
+        subnets4=(subnet,),
+        gateways4=(gw,),
+        subnets6=(daemon.fixed_cidr_v6,) if v6 and daemon.fixed_cidr_v6 else (),
+        gateways6=(next(daemon.fixed_cidr_v6.hosts()),) if v6 and daemon.fixed_cidr_v6 else (),
+        ipv6=v6,
+        icc=daemon.icc,
+        masquerade=daemon.ip_masq and daemon.iptables,
+        host_binding=None if daemon.ip == IPv4Address("0.0.0.0") else daemon.ip,
+        default_bridge=True,
+    )
+
+
+def _first_host(net: IPv4Network | IPv6Network) -> IPAddress:
+    if net.num_addresses <= 2:
+        return net.network_address
+    return net.network_address + 1
+
+
+def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str]) -> Network:
+    where = f"networks[{i}]"
+    table = _expect(ctx, where, raw, dict)
+    _unknown(ctx, where, table, NETWORK_KEYS)
+    if "name" not in table:
+        raise ctx.fail(f"{where}.name", "required key is missing")
+    name = _check_name(ctx, f"{where}.name", _expect(ctx, f"{where}.name", table["name"], str), "network")
+    if name in (DEFAULT_BRIDGE_NETWORK, "host", "none"):
+        raise ctx.fail(f"{where}.name", f"{name!r} is a predefined Docker network and cannot be listed")
+    if "subnets" not in table:
+        raise ctx.fail(f"{where}.subnets", "required key is missing")
+    subnets = _expect(ctx, f"{where}.subnets", table["subnets"], list)
+    if not subnets:
+        raise ctx.fail(f"{where}.subnets", "needs at least one subnet")
+    nets = [_prefix(ctx, f"{where}.subnets[{j}]", s) for j, s in enumerate(subnets)]
+    for j, (s, n) in enumerate(zip(subnets, nets)):
+        if ip_network(s, strict=False) != ip_network(s.split("/")[0] + "/" + str(n.prefixlen), strict=False) or (
+            "/" in s and ip_interface(s).ip != n.network_address
+        ):
+            raise ctx.fail(f"{where}.subnets[{j}]", f"{s!r} has host bits set (did you mean '{n}'?)")
+    ipv6 = _expect(ctx, f"{where}.ipv6", table.get("ipv6", False), bool)
+    internal = _expect(ctx, f"{where}.internal", table.get("internal", False), bool)
+    subnets4 = tuple(n for n in nets if n.version == 4)
+    subnets6 = tuple(n for n in nets if n.version == 6)
+    for j, n in enumerate(nets):
+        if nets.index(n) != j:
+            raise ctx.fail(f"{where}.subnets[{j}]", f"'{n}' is listed twice")
+    if subnets6 and not ipv6:
+        raise ctx.fail(f"{where}.ipv6", "an IPv6 subnet is listed but ipv6 is not true")
+    if ipv6 and not subnets6:
+        raise ctx.fail(f"{where}.subnets", "ipv6 = true needs an IPv6 subnet")
+    gws: list[IPAddress] = []
+    if "gateways" in table:
+        glist = _expect(ctx, f"{where}.gateways", table["gateways"], list)
+        if len(glist) > len(nets):
+            raise ctx.fail(f"{where}.gateways", "more gateways than subnets")
+        for j, g in enumerate(glist):
+            addr = _addr(ctx, f"{where}.gateways[{j}]", g)
+            if addr not in nets[j]:
+                raise ctx.fail(f"{where}.gateways[{j}]", f"{g!r} is not in subnet '{nets[j]}'")
+            gws.append(addr)
+    for n in nets[len(gws):]:
+        gws.append(_first_host(n))
+    options = _expect(ctx, f"{where}.options", table.get("options", {}), dict)
+    opts: dict[str, str] = {}
+    for k, v in options.items():
+        okey = f'{where}.options."{k}"'
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        opts[k] = _expect(ctx, okey, v, str)
+    return network_from_options(ctx, where, name, subnets4, subnets6, gws, internal, ipv6, opts, ordinal_ids)
+
+
+def network_from_options(
+    ctx: _Ctx,
+    where: str,
+    name: str,
+    subnets4: tuple[IPv4Network, ...],
+    subnets6: tuple[IPv6Network, ...],
+    gws: list[IPAddress],
+    internal: bool,
+    ipv6: bool,
+    opts: dict[str, str],
+    ids: dict[str, str],
+    default: bool = False,
+) -> Network:
+    """Build a Network from ``docker network create`` options (shared by TOML and inspect input)."""
+
+    def okey(k: str) -> str:
+        return f'{where}.options."{k}"'
+
+    bridge = opts.get(OPT_BRIDGE + "name")
+    if bridge is None:
+        ident = ids.get(name, "")
+        if not ident:
+            raise ctx.fail(
+                okey(OPT_BRIDGE + "name"),
+                "is required: without it Docker names the bridge 'br-' plus the network id, which a scenario does not know",
+            )
+        bridge = "br-" + ident[:12]
+    check_ifname(ctx, okey(OPT_BRIDGE + "name"), bridge)
+    icc = _bool_option(ctx, okey(OPT_BRIDGE + "enable_icc"), opts.get(OPT_BRIDGE + "enable_icc", "true"))
+    masq = _bool_option(
+        ctx, okey(OPT_BRIDGE + "enable_ip_masquerade"), opts.get(OPT_BRIDGE + "enable_ip_masquerade", "true")
+    )
+    modes = []
+    for fam in ("ipv4", "ipv6"):
+        k = OPT_BRIDGE + "gateway_mode_" + fam
+        mode = opts.get(k, "nat") or "nat"
+        if mode not in GATEWAY_MODES:
+            raise ctx.fail(okey(k), f"{mode!r} is not a gateway mode (nat, nat-unprotected, routed, isolated)")
+        if mode == "isolated" and not internal:
+            raise ctx.fail(okey(k), "gateway mode 'isolated' is only valid on an internal network")
+        modes.append(mode)
+    host_binding = None
+    k = OPT_BRIDGE + "host_binding_ipv4"
+    if k in opts and opts[k]:
+        host_binding = _addr(ctx, okey(k), opts[k])
+        if host_binding in (IPv4Address("0.0.0.0"),):
+            host_binding = None
+    host4 = host6 = None
+    k = OPT + "host_ipv4"
+    if opts.get(k):
+        a = _addr(ctx, okey(k), opts[k])
+        if a.version != 4:
+            raise ctx.fail(okey(k), f"{opts[k]!r} is not an IPv4 address")
+        host4 = a
+    k = OPT + "host_ipv6"
+    if opts.get(k):
+        a = _addr(ctx, okey(k), opts[k])
+        if a.version != 6:
+            raise ctx.fail(okey(k), f"{opts[k]!r} is not an IPv6 address")
+        host6 = a
+    if opts.get(OPT_BRIDGE + "default_bridge", "false") == "true" and not default:
+        raise ctx.fail(okey(OPT_BRIDGE + "default_bridge"), "only the daemon creates the default bridge")
+    gw4 = tuple(g for g in gws if g.version == 4)
+    gw6 = tuple(g for g in gws if g.version == 6)
+    return Network(
+        name=name,
+        bridge=bridge,
+        subnets4=subnets4,
+        subnets6=subnets6,
+        gateways4=gw4,  # type: ignore[arg-type]
+        gateways6=gw6,  # type: ignore[arg-type]
+        internal=internal,
+        ipv6=ipv6,
+        icc=icc,
+        masquerade=masq,
+        gw_mode4=modes[0],  # type: ignore[arg-type]
+        gw_mode6=modes[1],  # type: ignore[arg-type]
+        host_binding=host_binding,
+        host_ipv4=host4,  # type: ignore[arg-type]
+        host_ipv6=host6,  # type: ignore[arg-type]
+        default_bridge=default,
+        options=tuple(sorted(opts.items())),
+    )
+
+
+# --------------------------------------------------------------------------- containers
+
+_PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def _port_range(ctx: _Ctx, key: str, text: str, what: str) -> tuple[int, int]:
+    m = _PORT_RE.match(text)
+    if not m:
+        raise ctx.fail(key, f"{text!r} is not a {what} port or range")
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) else lo
+    for p in (lo, hi):
+        if not 1 <= p <= 65535:
+            raise ctx.fail(key, f"port {p} is out of range 1-65535")
+    if hi < lo:
+        raise ctx.fail(key, f"range {text!r} ends before it starts")
+    return lo, hi
+
+
+def parse_publish(ctx: _Ctx, key: str, text: Any) -> list[PortSpec]:
+    """``[HOST_IP:][HOST_PORT[-END]:]CONTAINER_PORT[-END][/PROTO]``, expanded as the docker CLI does."""
+    _expect(ctx, key, text, str)
+    spec = text.strip()
+    proto = "tcp"
+    if "/" in spec:
+        spec, proto = spec.rsplit("/", 1)
+        proto = proto.lower()
+        if proto not in PROTOS:
+            raise ctx.fail(key, f"{proto!r} is not a protocol (tcp, udp, sctp)")
+    host_ip: IPAddress | None = None
+    if spec.startswith("["):
+        end = spec.find("]")
+        if end < 0 or spec[end + 1 : end + 2] != ":":
+            raise ctx.fail(key, f"{text!r}: an IPv6 host address must look like [ADDR]:PORT:PORT")
+        host_ip = _addr(ctx, key, spec[1:end])
+        if host_ip.version != 6:
+            raise ctx.fail(key, f"{text!r}: only IPv6 addresses go in brackets")
+        rest = spec[end + 2 :].split(":")
+        if len(rest) != 2:
+            raise ctx.fail(key, f"{text!r} is not a valid -p mapping")
+        hostport, cport = rest
+    else:
+        parts = spec.split(":")
+        if len(parts) == 1:
+            hostport, cport = "", parts[0]
+        elif len(parts) == 2:
+            hostport, cport = parts
+        elif len(parts) == 3:
+            ip_text, hostport, cport = parts
+            if ip_text:
+                try:
+                    host_ip = ip_address(ip_text)
+                except ValueError:
+                    raise ctx.fail(key, f"{ip_text!r} in {text!r} is not an IP address") from None
+        else:
+            raise ctx.fail(key, f"{text!r} is not a valid -p mapping (put IPv6 host addresses in brackets)")
+    clo, chi = _port_range(ctx, key, cport, "container")
+    if hostport:
+        hlo, hhi = _port_range(ctx, key, hostport, "host")
+    else:
+        hlo = hhi = 0
+    out: list[PortSpec] = []
+    if chi > clo:
+        if hlo and (hhi - hlo) != (chi - clo):
+            if hhi == hlo:
+                raise ctx.fail(key, f"{text!r}: a container port range needs a host range of the same length")
+            raise ctx.fail(key, f"{text!r}: host and container ranges differ in length")
+        for n in range(chi - clo + 1):
+            hp = hlo + n if hlo else 0
+            out.append(PortSpec(clo + n, proto, host_ip, hp, hp))  # type: ignore[arg-type]
+    else:
+        out.append(PortSpec(clo, proto, host_ip, hlo, hhi))  # type: ignore[arg-type]
+    return out
+
+
+def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str]) -> Container:
+    where = f"containers[{i}]"
+    table = _expect(ctx, where, raw, dict)
+    _unknown(ctx, where, table, CONTAINER_KEYS)
+    if "name" not in table:
+        raise ctx.fail(f"{where}.name", "required key is missing")
+    name = _check_name(ctx, f"{where}.name", _expect(ctx, f"{where}.name", table["name"], str), "container")
+    nets = _expect(ctx, f"{where}.networks", table.get("networks", [DEFAULT_BRIDGE_NETWORK]), list)
+    for j, n in enumerate(nets):
+        _expect(ctx, f"{where}.networks[{j}]", n, str)
+        if n in ("host", "none"):
+            raise ctx.fail(f"{where}.networks[{j}]", f"network {n!r} has no bridge firewall; leave the container out")
+        if n not in network_names:
+            raise ctx.fail(f"{where}.networks[{j}]", f"no network named {n!r}")
+        if nets.index(n) != j:
+            raise ctx.fail(f"{where}.networks[{j}]", f"network {n!r} is listed twice")
+    publish: list[PortSpec] = []
+    for j, p in enumerate(_expect(ctx, f"{where}.publish", table.get("publish", []), list)):
+        publish.extend(parse_publish(ctx, f"{where}.publish[{j}]", p))
+    addrs: list[tuple[str, IPAddress]] = []
+    for k, v in _expect(ctx, f"{where}.addresses", table.get("addresses", {}), dict).items():
+        akey = f"{where}.addresses.{k}"
+        if k not in nets:
+            raise ctx.fail(akey, f"the container is not on network {k!r}")
+        values = v if isinstance(v, list) else [v]
+        for x in values:
+            addrs.append((k, _addr(ctx, akey, x)))
+    expose: list[tuple[int, str]] = []
+    for j, e in enumerate(_expect(ctx, f"{where}.expose", table.get("expose", []), list)):
+        ekey = f"{where}.expose[{j}]"
+        if isinstance(e, int) and not isinstance(e, bool):
+            e = str(e)
+        _expect(ctx, ekey, e, str)
+        port_text, _, proto = e.partition("/")
+        proto = (proto or "tcp").lower()
+        if proto not in PROTOS:
+            raise ctx.fail(ekey, f"{proto!r} is not a protocol (tcp, udp, sctp)")
+        lo, hi = _port_range(ctx, ekey, port_text, "container")
+        expose.extend((p, proto) for p in range(lo, hi + 1))
+    links: list[Link] = []
+    for j, l in enumerate(_expect(ctx, f"{where}.links", table.get("links", []), list)):
+        lkey = f"{where}.links[{j}]"
+        _expect(ctx, lkey, l, str)
+        target, _, alias = l.partition(":")
+        if not target:
+            raise ctx.fail(lkey, f"{l!r} is not NAME:ALIAS")
+        links.append(Link(_check_name(ctx, lkey, target.lstrip("/"), "container"), alias or target.lstrip("/")))
+    return Container(
+        name=name,
+        networks=tuple(nets),
+        publish=tuple(publish),
+        addresses=tuple(addrs),
+        expose=tuple(expose),  # type: ignore[arg-type]
+        links=tuple(links),
+    )
+
+
+# --------------------------------------------------------------------------- whole file
+
+
+def load(path: str | Path) -> Scenario:
+    """Load a scenario file; raise ScenarioError on anything wrong."""
+    p = Path(path)
+    source = str(path)
+    ctx = _Ctx(source)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        raise ctx.fail("", "no such file") from None
+    except IsADirectoryError:
+        raise ctx.fail("", "is a directory, not a scenario file") from None
+    except OSError as e:
+        raise ctx.fail("", f"cannot read: {e.strerror}") from None
+    return loads(data, source=source, base=p.parent)
+
+
+def loads(data: bytes | str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
+    ctx = _Ctx(source)
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ctx.fail("", f"not UTF-8 text (byte {e.start})") from None
+    else:
+        text = data
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ctx.fail("", f"TOML syntax: {e}") from None
+    return from_document(ctx, doc, base or Path("."))
+
+
+def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = None) -> Scenario:
+    _unknown(ctx, "", doc, TOP_KEYS)
+    daemon = parse_daemon(ctx, doc.get("daemon", {}))
+    host = parse_host(ctx, doc.get("host", {}))
+    if "docker-inspect" in doc or inspect is not None:
+        if "networks" in doc or "containers" in doc:
+            key = "networks" if "networks" in doc else "containers"
+            raise ctx.fail(key, "cannot be combined with docker-inspect (the dump lists them)")
+        if inspect is None:
+            rel = _expect(ctx, "docker-inspect", doc["docker-inspect"], str)
+            dump_path = base / rel
+            try:
+                inspect = json.loads(dump_path.read_text(encoding="utf-8"))
+            except FileNotFoundError:
+                raise ctx.fail("docker-inspect", f"no such file: {dump_path}") from None
+            except (OSError, UnicodeDecodeError) as e:
+                raise ctx.fail("docker-inspect", f"cannot read {dump_path}: {e}") from None
+            except json.JSONDecodeError as e:
+                raise ScenarioError(str(dump_path), "", f"not JSON: {e}") from None
+            ictx = _Ctx(str(dump_path))
+        else:
+            ictx = ctx
+        networks, containers = from_inspect(ictx, inspect, daemon)
+    else:
+        dflt = default_bridge(daemon)
+        networks = [dflt] if dflt else []
+        raw_nets = _expect(ctx, "networks", doc.get("networks", []), list)
+        for i, rn in enumerate(raw_nets):
+            networks.append(parse_network(ctx, rn, i, {}))
+        names = {n.name for n in networks}
+        containers = []
+        raw_ctrs = _expect(ctx, "containers", doc.get("containers", []), list)
+        for i, rc in enumerate(raw_ctrs):
+            containers.append(parse_container(ctx, rc, i, names))
+        _check_unique(ctx, "networks", [n.name for n in networks], "name")
+        _check_unique(ctx, "containers", [c.name for c in containers], "name")
+        _check_bridges(ctx, networks, "networks")
+        _check_links(ctx, containers)
+    return Scenario(daemon, host, tuple(networks), tuple(containers), ctx.source)
+
+
+def _check_unique(ctx: _Ctx, where: str, names: list[str], key: str) -> None:
+    seen: set[str] = set()
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ctx.fail(f"{where}[{i}].{key}", f"{n!r} is used twice")
+        seen.add(n)
+
+
+def _check_bridges(ctx: _Ctx, networks: list[Network], where: str) -> None:
+    seen: dict[str, str] = {}
+    for i, n in enumerate(networks):
+        if n.bridge in seen:
+            idx = i - (1 if networks and networks[0].default_bridge else 0)
+            raise ctx.fail(
+                f'{where}[{idx}].options."{OPT_BRIDGE}name"',
+                f"bridge {n.bridge!r} is already used by network {seen[n.bridge]!r}",
+            )
+        seen[n.bridge] = n.name
+    for i, a in enumerate(networks):
+        for b in networks[:i]:
+            for sa in a.subnets4 + a.subnets6:  # type: ignore[operator]
+                for sb in b.subnets4 + b.subnets6:  # type: ignore[operator]
+                    if sa.version == sb.version and sa.overlaps(sb):
+                        idx = i - (1 if networks[0].default_bridge else 0)
+                        raise ctx.fail(f"{where}[{idx}].subnets", f"'{sa}' overlaps '{sb}' of network {b.name!r}")
+
+
+def _check_links(ctx: _Ctx, containers: list[Container]) -> None:
+    names = [c.name for c in containers]
+    for i, c in enumerate(containers):
+        for j, l in enumerate(c.links):
+            if l.name not in names[:i]:
+                raise ctx.fail(f"containers[{i}].links[{j}]", f"no container named {l.name!r} started before {c.name!r}")
+
+
+# --------------------------------------------------------------------------- docker inspect
+
+
+def _created(obj: dict[str, Any]) -> datetime:
+    text = str(obj.get("Created", ""))
+    m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text)
+    if not m:
+        return datetime.min
+    frac = (m.group(2) or "0")[:6].ljust(6, "0")
+    return datetime.fromisoformat(f"{m.group(1)}.{frac}")
+
+
+def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], list[Container]]:
+    """Networks and containers from ``docker inspect`` output (mixed array or {networks, containers})."""
+    if isinstance(dump, dict) and set(dump) <= {"networks", "containers"}:
+        nets_raw = _expect(ctx, "networks", dump.get("networks", []), list)
+        ctrs_raw = _expect(ctx, "containers", dump.get("containers", []), list)
+        objs = [("networks", i, o) for i, o in enumerate(nets_raw)] + [
+            ("containers", i, o) for i, o in enumerate(ctrs_raw)
+        ]
+    elif isinstance(dump, list):
+        objs = [("", i, o) for i, o in enumerate(dump)]
+    else:
+        raise ctx.fail("", "expected a JSON array of inspect objects or an object with 'networks' and 'containers'")
+    networks_in: list[tuple[str, dict[str, Any]]] = []
+    containers_in: list[tuple[str, dict[str, Any]]] = []
+    for kind, i, o in objs:
+        where = f"{kind}[{i}]" if kind else f"[{i}]"
+        if not isinstance(o, dict):
+            raise ctx.fail(where, f"expected an inspect object, got {_describe(o)}")
+        is_net = "IPAM" in o or "Driver" in o and "Scope" in o
+        is_ctr = "NetworkSettings" in o or "HostConfig" in o
+        if kind == "networks" or (not kind and is_net and not is_ctr):
+            networks_in.append((where, o))
+        elif kind == "containers" or (not kind and is_ctr):
+            containers_in.append((where, o))
+        else:
+            raise ctx.fail(where, "neither a network nor a container inspect object")
+    networks_in.sort(key=lambda t: _created(t[1]))
+    containers_in.sort(key=lambda t: _created(t[1]))
+
+    ids: dict[str, str] = {}
+    user_nets: list[Network] = []
+    by_id: dict[str, str] = {}
+    dflt = default_bridge(daemon)
+    for where, o in networks_in:
+        name = o.get("Name")
+        _expect(ctx, f"{where}.Name", name, str)
+        driver = o.get("Driver", "bridge")
+        if o.get("Ingress"):
+            raise ctx.fail(f"{where}.Ingress", f"network {name!r} is swarm's ingress network; swarm is out of scope")
+        if driver != "bridge":
+            continue
+        ident = str(o.get("Id", ""))
+        by_id[ident] = name
+        opts_raw = o.get("Options") or {}
+        _expect(ctx, f"{where}.Options", opts_raw, dict)
+        opts = {str(k): str(v) for k, v in opts_raw.items()}
+        if opts.get(OPT_BRIDGE + "default_bridge") == "true" or name == DEFAULT_BRIDGE_NETWORK:
+            continue  # the default bridge comes from [daemon]
+        ids[name] = ident
+        cfgs = ((o.get("IPAM") or {}).get("Config")) or []
+        _expect(ctx, f"{where}.IPAM.Config", cfgs, list)
+        subs: list[Any] = []
+        gws: list[IPAddress] = []
+        for j, c in enumerate(cfgs):
+            ckey = f"{where}.IPAM.Config[{j}]"
+            _expect(ctx, ckey, c, dict)
+            s = _prefix(ctx, f"{ckey}.Subnet", c.get("Subnet"))
+            subs.append(s)
+            gws.append(_addr(ctx, f"{ckey}.Gateway", c["Gateway"]) if c.get("Gateway") else _first_host(s))
+        order = sorted(range(len(subs)), key=lambda j: subs[j].version)
+        subs = [subs[j] for j in order]
+        gws = [gws[j] for j in order]
+        ipv6 = bool(o.get("EnableIPv6"))
+        s4 = tuple(s for s in subs if s.version == 4)
+        s6 = tuple(s for s in subs if s.version == 6) if ipv6 else ()
+        gws = [g for g in gws if g.version == 4 or ipv6]
+        user_nets.append(
+            network_from_options(
+                ctx, where, _check_name(ctx, f"{where}.Name", name, "network"), s4, s6, gws,
+                bool(o.get("Internal")), ipv6 and bool(s6), opts, ids,
+            )
+        )
+    networks = ([dflt] if dflt else []) + user_nets
+    known = {n.name for n in networks}
+    containers: list[Container] = []
+    for where, o in containers_in:
+        containers.append(_container_from_inspect(ctx, where, o, known, by_id))
+    _check_bridges(ctx, networks, "networks")
+    return networks, containers
+
+
+def _container_from_inspect(
+    ctx: _Ctx, where: str, o: dict[str, Any], known: set[str], by_id: dict[str, str]
+) -> Container:
+    name = str(o.get("Name", "")).lstrip("/")
+    _check_name(ctx, f"{where}.Name", name, "container")
+    state = o.get("State") or {}
+    if isinstance(state, dict) and state and not state.get("Running", True):
+        pass  # stopped containers have no endpoints; their Networks show no addresses
+    settings = o.get("NetworkSettings") or {}
+    _expect(ctx, f"{where}.NetworkSettings", settings, dict)
+    nets_raw = settings.get("Networks") or {}
+    _expect(ctx, f"{where}.NetworkSettings.Networks", nets_raw, dict)
+    host_config = o.get("HostConfig") or {}
+    mode = str(host_config.get("NetworkMode", "") or "")
+    if mode == "default":
+        mode = DEFAULT_BRIDGE_NETWORK
+    names = [n for n in nets_raw]
+    names.sort(key=lambda n: (n != mode, n))
+    networks: list[str] = []
+    addrs: list[tuple[str, IPAddress]] = []
+    for n in names:
+        ep = nets_raw[n] or {}
+        nkey = f"{where}.NetworkSettings.Networks.{n}"
+        if n not in known:
+            continue  # host/none/macvlan: no bridge firewall
+        if not ep.get("IPAddress") and not ep.get("GlobalIPv6Address"):
+            continue  # not running: no endpoint
+        networks.append(n)
+        if ep.get("IPAddress"):
+            addrs.append((n, _addr(ctx, f"{nkey}.IPAddress", ep["IPAddress"])))
+        if ep.get("GlobalIPv6Address"):
+            addrs.append((n, _addr(ctx, f"{nkey}.GlobalIPv6Address", ep["GlobalIPv6Address"])))
+    publish = _ports_from_inspect(ctx, where, host_config, settings) if networks else []
+    expose: list[tuple[int, str]] = []
+    for k in (o.get("Config") or {}).get("ExposedPorts") or {}:
+        port, _, proto = str(k).partition("/")
+        if port.isdigit() and (proto or "tcp") in PROTOS:
+            expose.append((int(port), proto or "tcp"))
+    links: list[Link] = []
+    for j, l in enumerate(host_config.get("Links") or []):
+        # "/c1:/c2/alias"
+        target, _, alias_path = str(l).partition(":")
+        links.append(Link(target.lstrip("/"), alias_path.rsplit("/", 1)[-1]))
+    return Container(
+        name=name,
+        networks=tuple(networks),
+        publish=tuple(publish),
+        addresses=tuple(addrs),
+        expose=tuple(sorted(set(expose))),  # type: ignore[arg-type]
+        links=tuple(links),
+    )
+
+
+def _ports_from_inspect(
+    ctx: _Ctx, where: str, host_config: dict[str, Any], settings: dict[str, Any]
+) -> list[PortSpec]:
+    """Published ports: the request (HostConfig.PortBindings) with the ports Docker allocated (NetworkSettings.Ports)."""
+    actual = settings.get("Ports") or {}
+    requested = host_config.get("PortBindings") or {}
+    out: list[PortSpec] = []
+    keys = list(requested) if requested else [k for k, v in actual.items() if v]
+    for key in keys:
+        pkey = f"{where}.NetworkSettings.Ports.{key}"
+        port_text, _, proto = str(key).partition("/")
+        proto = proto or "tcp"
+        if not port_text.isdigit() or proto not in PROTOS:
+            raise ctx.fail(pkey, f"{key!r} is not PORT/PROTO")
+        cport = int(port_text)
+        got = actual.get(key) or []
+        req = requested.get(key) or [{"HostIp": "", "HostPort": b.get("HostPort", "")} for b in got[:1]]
+        for r in req:
+            hip_text = str(r.get("HostIp") or "")
+            hip = _addr(ctx, pkey, hip_text) if hip_text else None
+            match = [
+                b for b in got
+                if (hip is None and b.get("HostIp") in ("0.0.0.0", "::", ""))
+                or (hip is not None and b.get("HostIp") and ip_address(b["HostIp"]) == hip)
+            ]
+            hp_text = str(match[0].get("HostPort") or "") if match else str(r.get("HostPort") or "")
+            if "-" in hp_text:
+                hp_text = hp_text.split("-")[0]
+            if hp_text and not hp_text.isdigit():
+                raise ctx.fail(pkey, f"host port {hp_text!r} is not a number")
+            hp = int(hp_text) if hp_text else 0
+            out.append(PortSpec(cport, proto, hip, hp, hp))  # type: ignore[arg-type]
+    return out
