@@ -508,7 +508,9 @@ class Firewall:
         if not self.enabled(4) or parent_ep.ipv4 is None or child_ep.ipv4 is None:
             return
         br = net.bridge
-        ports = sorted(set(child.expose) | {(p.container_port, p.proto) for p in child.publish}, key=lambda t: (t[0], PROTO_ORDER[t[1]]))
+        # nat.SortPortMap order for exposed ports: port descending, tcp first.
+        exposed = set(child.expose) | {(p.container_port, p.proto) for p in child.publish}
+        ports = sorted(exposed, key=lambda t: (-t[0], t[1] != "tcp", PROTO_ORDER[t[1]]))
         for port, proto in ports:
             o = f"link[{parent.name}->{child.name} {port}/{proto}]"
             self.ipt[4].append(
@@ -537,12 +539,11 @@ class Firewall:
             eps[(ctr.name, net.name)] = ep
             mine.append((net, ep))
         gw = _gateway_endpoint(mine)
-        if gw is not None:
-            net, ep = gw
-            self.program_external_connectivity(ctr, net, ep)
-        for net, ep in mine:
-            if net.icc or not ctr.links:
-                continue
+        if gw is None:
+            return
+        net, ep = gw
+        self.program_external_connectivity(ctr, net, ep)
+        if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
             for l in ctr.links:
                 child = next(c for c in self.sc.containers if c.name == l.name)
                 child_ep = eps.get((child.name, net.name))
@@ -569,9 +570,17 @@ def generate(scenario: Scenario) -> Generated:
 
 
 def _gateway_endpoint(eps: list[tuple[Network, Endpoint]]) -> tuple[Network, Endpoint] | None:
-    """The endpoint that gets the container's port mappings: the first that is not internal."""
-    for net, ep in eps:
-        if not net.internal:
+    """sandbox.go Less + default_gateway.go selectGatewayEndpoint: the endpoint that gets the port mappings.
+
+    Endpoints rank by: not docker_gwbridge, not internal, more gateways (dual-stack first), network
+    name. Internal networks have no gateway and never win. (GwPriority is not modelled: all 0.)
+    """
+    def gateways(net: Network) -> int:
+        return int(net.enable_ipv4) + int(net.enable_ipv6)
+
+    ranked = sorted(eps, key=lambda t: (t[0].bridge == "docker_gwbridge", t[0].internal, -gateways(t[0]), t[0].name))
+    for net, ep in ranked:
+        if not net.internal and gateways(net):
             return net, ep
     return None
 
@@ -637,25 +646,23 @@ def _configure_binding_v6(
 
 
 class _Pool:
-    """libnetwork's default IPAM for one subnet: serial allocation after the last address handed out."""
+    """libnetwork's default IPAM for one subnet (defaultipam getAddress): lowest free address, reused after release.
+
+    The first address (and the IPv4 broadcast) is reserved; the gateway is requested first, so with
+    the default gateway (.1 / ::1) containers get .2, .3, ...
+    """
 
     def __init__(self, subnet: IPv4Network | IPv6Network, gateway: IPAddress | None) -> None:
         self.subnet = subnet
         self.used: set[int] = set()
         self.first = int(subnet.network_address)
         self.last = int(subnet.broadcast_address)
-        self.cursor = self.first + 1
-        if subnet.version == 4 and subnet.prefixlen < 31:
+        if not (subnet.version == 4 and subnet.prefixlen >= 31):
             self.used.add(self.first)
-            self.used.add(self.last)
-        elif subnet.version == 6:
-            self.used.add(self.first)
+            if subnet.version == 4:
+                self.used.add(self.last)
         if gateway is not None:
-            self._take(int(gateway))
-
-    def _take(self, n: int) -> None:
-        self.used.add(n)
-        self.cursor = n + 1
+            self.used.add(int(gateway))
 
     def allocate(self, want: IPAddress | None) -> IPAddress:
         if want is not None:
@@ -663,54 +670,45 @@ class _Pool:
                 raise ValueError(f"address {want} is not in subnet {self.subnet}")
             if int(want) in self.used:
                 raise ValueError(f"address {want} is already in use")
-            self._take(int(want))
+            self.used.add(int(want))
             return want
-        size = self.last - self.first + 1
-        n = self.cursor
-        for _ in range(min(size, 1 << 20)):
-            if n > self.last:
-                n = self.first
+        n = self.first
+        for _ in range(min(self.last - self.first + 1, 1 << 20)):
             if n not in self.used:
-                self._take(n)
-                return ip_address(n) if self.subnet.version == 4 else IPv6Address(n)
+                self.used.add(n)
+                return IPv4Address(n) if self.subnet.version == 4 else IPv6Address(n)
             n += 1
         raise ValueError(f"no free address left in {self.subnet}")
 
 
 class _PortAllocator:
-    """libnetwork/portallocator: host ports per protocol and host address."""
+    """libnetwork/portallocator: ports per (host address, protocol); ranges hand out "next after last".
+
+    0.0.0.0, :: and specific addresses are separate keys, as in Docker (only the kernel's bind()
+    would notice a clash between them). A range record starts with ``last = end``, so the first
+    port handed out is the range's start; later requests continue after the last one, wrapping.
+    """
 
     def __init__(self) -> None:
-        self.taken: dict[tuple[str, IPAddress], set[int]] = {}
-        self.last_dynamic: dict[tuple[str, IPAddress], int] = {}
-
-    def _busy(self, hip: IPAddress, proto: str, port: int) -> bool:
-        for (p, ip), ports in self.taken.items():
-            if p != proto or port not in ports:
-                continue
-            if ip == hip or ip.is_unspecified or hip.is_unspecified:
-                if ip.version == hip.version or (ip.is_unspecified and hip.is_unspecified):
-                    return True
-        return False
+        self.taken: dict[tuple[IPAddress, str], set[int]] = {}
+        self.last: dict[tuple[IPAddress, str, int, int], int] = {}
 
     def request(self, hips: Iterable[IPAddress], proto: str, lo: int, hi: int) -> int:
         hips = list(hips)
         if lo == 0:
             lo, hi = EPHEMERAL_PORTS
-            dynamic = True
-        else:
-            dynamic = False
-        key = (proto, hips[0])
-        start = self.last_dynamic.get(key, lo - 1) + 1 if dynamic else lo
-        span = hi - lo + 1
-        for i in range(span):
-            port = lo + ((start - lo + i) % span)
-            if not any(self._busy(h, proto, port) for h in hips):
-                for h in hips:
-                    self.taken.setdefault((proto, h), set()).add(port)
-                if dynamic:
-                    self.last_dynamic[key] = port
-                return port
         if lo == hi:
-            raise ValueError(f"host port {lo}/{proto} is already allocated")
+            if any(lo in self.taken.get((h, proto), ()) for h in hips):
+                raise ValueError(f"host port {lo}/{proto} is already allocated")
+            for h in hips:
+                self.taken.setdefault((h, proto), set()).add(lo)
+            return lo
+        port = self.last.get((hips[0], proto, lo, hi), hi)
+        for _ in range(hi - lo + 1):
+            port = lo if port >= hi else port + 1
+            if all(port not in self.taken.get((h, proto), ()) for h in hips):
+                for h in hips:
+                    self.taken.setdefault((h, proto), set()).add(port)
+                    self.last[(h, proto, lo, hi)] = port
+                return port
         raise ValueError(f"no free host port in {lo}-{hi}/{proto}")

@@ -255,11 +255,11 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str]) -> N
     if not subnets:
         raise ctx.fail(f"{where}.subnets", "needs at least one subnet")
     nets = [_prefix(ctx, f"{where}.subnets[{j}]", s) for j, s in enumerate(subnets)]
-    for j, (s, n) in enumerate(zip(subnets, nets)):
-        if ip_network(s, strict=False) != ip_network(s.split("/")[0] + "/" + str(n.prefixlen), strict=False) or (
-            "/" in s and ip_interface(s).ip != n.network_address
-        ):
-            raise ctx.fail(f"{where}.subnets[{j}]", f"{s!r} has host bits set (did you mean '{n}'?)")
+    for j, (text, n) in enumerate(zip(subnets, nets)):
+        try:
+            ip_network(text, strict=True)
+        except ValueError:
+            raise ctx.fail(f"{where}.subnets[{j}]", f"{text!r} has host bits set (did you mean '{n}'?)") from None
     ipv6 = _expect(ctx, f"{where}.ipv6", table.get("ipv6", False), bool)
     internal = _expect(ctx, f"{where}.internal", table.get("internal", False), bool)
     subnets4 = tuple(n for n in nets if n.version == 4)
@@ -271,6 +271,9 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str]) -> N
         raise ctx.fail(f"{where}.ipv6", "an IPv6 subnet is listed but ipv6 is not true")
     if ipv6 and not subnets6:
         raise ctx.fail(f"{where}.subnets", "ipv6 = true needs an IPv6 subnet")
+    for fam, group in ((4, subnets4), (6, subnets6)):
+        if len(group) > 1:
+            raise ctx.fail(f"{where}.subnets", f"a bridge network takes one IPv{fam} subnet, not {len(group)}")
     gws: list[IPAddress] = []
     if "gateways" in table:
         glist = _expect(ctx, f"{where}.gateways", table["gateways"], list)
@@ -792,7 +795,8 @@ def _ports_from_inspect(
                 if (hip is None and b.get("HostIp") in ("0.0.0.0", "::", ""))
                 or (hip is not None and b.get("HostIp") and ip_address(b["HostIp"]) == hip)
             ]
-            hp_text = str(match[0].get("HostPort") or "") if match else str(r.get("HostPort") or "")
+            allocated = [str(b.get("HostPort") or "") for b in match if b.get("HostPort")]
+            hp_text = allocated[0] if allocated else str(r.get("HostPort") or "")
             if "-" in hp_text:
                 hp_text = hp_text.split("-")[0]
             if hp_text and not hp_text.isdigit():
