@@ -112,6 +112,65 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 1 if lines else 0
 
 
+def cmd_apply(args: argparse.Namespace) -> int:
+    from . import kernel
+    from .generate import generate
+
+    gen = generate(load_scenario(args))
+    res = kernel.apply(gen, args.netns, args.table, check=args.check)
+    report: dict[str, Any] = {
+        "checked_only": res.checked,
+        "netns": args.netns,
+        "tables": [f"{f} {args.table}" for f in res.families],
+        "removed": [f"{f} {args.table}" for f in res.removed],
+        "commands": res.commands,
+        "kept_user_rules": res.kept_user_rules,
+    }
+    if args.sysctls and not args.check:
+        report["sysctls"] = kernel.apply_sysctls(gen, args.netns)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    where = f" in netns {args.netns}" if args.netns else ""
+    verb = "kernel accepted (nothing changed)" if res.checked else "applied"
+    print(f"{verb}: table {', table '.join(report['tables'])}{where} ({res.commands} commands, one transaction)")
+    for fam, n in res.kept_user_rules.items():
+        if n:
+            print(f"kept {n} user rule(s) in {fam} filter-DOCKER-USER")
+    for fam in res.removed:
+        print(f"removed: table {fam} {args.table} (Docker writes no rules for it)")
+    for line in report.get("sysctls", []):
+        print(f"sysctl: {line}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from . import kernel
+
+    fams = kernel.remove(args.netns, args.table)
+    if args.json:
+        print(json.dumps({"removed": [f"{f} {args.table}" for f in fams]}))
+    elif fams:
+        print("removed: " + ", ".join(f"table {f} {args.table}" for f in fams))
+    else:
+        print(f"nothing to remove: no table {args.table}", file=sys.stderr)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from . import kernel
+    from .compat import compat_text
+
+    if args.format == "nft":
+        _write(args, kernel.list_text(args.netns, args.table))
+    elif args.format == "json":
+        _write(args, json.dumps({"nftables": kernel.list_objects(args.netns, args.table)}, indent=2) + "\n")
+    else:
+        objs = kernel.list_objects(args.netns, args.table)
+        _write(args, compat_text(objs, "ip6" if args.ipv6 else "ip", args.table))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nftdocker", description="Docker 28.0.1's bridge firewall as native nftables.")
     p.add_argument("--version", action="version", version=f"nftdocker {__version__}")
@@ -137,6 +196,28 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--ipv6", action="store_true")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_diff)
+
+    a = sub.add_parser("apply", help="load the table(s) into the kernel in one transaction")
+    add_scenario_args(a)
+    a.add_argument("--netns", metavar="NAME", help="network namespace (ip netns name); default: the current one")
+    a.add_argument("--check", action="store_true", help="have the kernel validate the transaction; change nothing")
+    a.add_argument("--sysctls", action="store_true", help="also set what Docker sets beside its rules (forwarding, route_localnet, bridge-nf-call, hairpin)")
+    a.add_argument("--json", action="store_true")
+    a.set_defaults(func=cmd_apply)
+
+    rm = sub.add_parser("remove", help="delete nftdocker's tables and nothing else")
+    rm.add_argument("--netns", metavar="NAME")
+    rm.add_argument("--table", default="nftdocker", metavar="NAME")
+    rm.add_argument("--json", action="store_true")
+    rm.set_defaults(func=cmd_remove)
+
+    sh = sub.add_parser("show", help="what is loaded now")
+    sh.add_argument("--netns", metavar="NAME")
+    sh.add_argument("--table", default="nftdocker", metavar="NAME")
+    sh.add_argument("--format", choices=("nft", "json", "iptables"), default="nft")
+    sh.add_argument("--ipv6", action="store_true", help="with --format iptables: the ip6tables-save form")
+    sh.add_argument("-o", "--output", metavar="FILE")
+    sh.set_defaults(func=cmd_show)
 
     for extra in _extra_commands:
         extra(sub)

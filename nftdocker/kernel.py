@@ -1,0 +1,416 @@
+"""Kernel I/O: apply, list and remove nftdocker's tables through libnftables, in any netns.
+
+Every change is one transaction (one libnftables ``cmd`` call): replace = add table, delete
+table, add table with its contents (nft 1.0.6 has no ``destroy``), so the kernel takes all of
+it or none. Only tables named ``--table`` (default ``nftdocker``) in families ``ip``/``ip6`` are
+ever touched. Rules a user added to ``filter-DOCKER-USER`` are read back and re-added in the
+same transaction, as Docker never flushes DOCKER-USER.
+
+``nftables`` (python3-nftables) and ``pyroute2`` are imported lazily.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import ApplyError, EnvironmentProblem, KernelError, UsageError
+from .generate import Generated
+from .ir import Ruleset
+from .render import DEFAULT_TABLE, nft_chains, chain_header, rule_text
+
+CLONE_NEWNET = 0x40000000
+NETNS_DIR = Path("/run/netns")
+LOCK_DIR = Path("/run/nftdocker")
+RESERVED_TABLES = {"filter", "nat", "raw", "mangle", "security", "docker-bridges", "firewalld", "broute"}
+USER_CHAIN = "filter-DOCKER-USER"
+_NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_table_name(table: str) -> str:
+    if not _NAME_OK.match(table):
+        raise UsageError(f"--table {table!r}: use letters, digits, '_', '.', '-' (at most 64)")
+    if table in RESERVED_TABLES:
+        raise UsageError(f"--table {table!r} belongs to iptables-nft, Docker or firewalld; nftdocker only touches its own tables")
+    return table
+
+
+# ---------------------------------------------------------------------- namespaces
+
+
+_libc = None
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    if hasattr(os, "setns"):
+        os.setns(fd, CLONE_NEWNET)  # type: ignore[attr-defined]
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+@contextlib.contextmanager
+def netns(name: str | None) -> Iterator[None]:
+    """Run the block inside the named network namespace (``ip netns`` name), then come back."""
+    if not name:
+        yield
+        return
+    path = NETNS_DIR / name
+    if "/" in name or not path.exists():
+        raise EnvironmentProblem(f"no network namespace {name!r} (ip netns list shows them; create one with: ip netns add {name})")
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("entering a network namespace needs root: run nftdocker as root")
+    here = os.open("/proc/self/ns/net", os.O_RDONLY)
+    try:
+        there = os.open(path, os.O_RDONLY)
+        try:
+            _setns(there)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot enter network namespace {name!r}: {e.strerror}") from None
+        finally:
+            os.close(there)
+        try:
+            yield
+        finally:
+            _setns(here)
+    finally:
+        os.close(here)
+
+
+@contextlib.contextmanager
+def lock(name: str | None, timeout: float = 60.0) -> Iterator[None]:
+    """One nftdocker change at a time per namespace (an flock under /run/nftdocker)."""
+    try:
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        fd = os.open(LOCK_DIR / f"{name or 'host'}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    except PermissionError:
+        raise EnvironmentProblem(f"cannot create a lock in {LOCK_DIR}: run nftdocker as root") from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise EnvironmentProblem(f"another nftdocker change in {name or 'this namespace'} held the lock for {timeout:.0f} s") from None
+                time.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------- libnftables
+
+
+def _nftables_module():
+    try:
+        import nftables  # type: ignore[import-not-found]
+    except ImportError:
+        raise EnvironmentProblem(
+            "the libnftables Python binding is missing: apt-get install python3-nftables, and run nftdocker "
+            "with Debian's /usr/bin/python3 (or a venv made from it with --system-site-packages)"
+        ) from None
+    return nftables
+
+
+class Nft:
+    """A libnftables context created inside the current network namespace."""
+
+    def __init__(self) -> None:
+        mod = _nftables_module()
+        try:
+            self.ctx = mod.Nftables()
+        except Exception as e:  # noqa: BLE001 - libnftables.so missing or broken
+            raise EnvironmentProblem(f"libnftables cannot be loaded: {e}") from None
+        self.ctx.set_handle_output(False)
+
+    def run(self, text: str, check: bool = False) -> tuple[int, str, str]:
+        self.ctx.set_dry_run(check)
+        try:
+            rc, out, err = self.ctx.cmd(text)
+        finally:
+            self.ctx.set_dry_run(False)
+        return rc, out, err
+
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        self.ctx.set_json_output(True)
+        try:
+            rc, out, err = self.ctx.cmd(what)
+        finally:
+            self.ctx.set_json_output(False)
+        if rc != 0:
+            _raise_environment(err)
+            return []
+        return json.loads(out).get("nftables", []) if out.strip() else []
+
+    def list_text(self, what: str) -> tuple[int, str, str]:
+        return self.ctx.cmd(what)
+
+
+def _raise_environment(err: str) -> None:
+    low = err.lower()
+    if "operation not permitted" in low:
+        raise EnvironmentProblem("changing or listing nftables needs root (CAP_NET_ADMIN): run nftdocker as root")
+    if "protocol not supported" in low or "operation not supported" in low and "netlink" in low:
+        raise EnvironmentProblem("this kernel has no nf_tables (CONFIG_NF_TABLES); load the nf_tables module")
+
+
+def table_exists(nft: Nft, family: str, table: str) -> bool:
+    rc, _, err = nft.list_text(f"list table {family} {table}")
+    if rc != 0:
+        _raise_environment(err)
+    return rc == 0
+
+
+def user_rules(nft: Nft, family: str, table: str) -> list[str] | None:
+    """The rules now in ``filter-DOCKER-USER`` as nft text, in order; None if the chain is absent."""
+    rc, out, err = nft.list_text(f"list chain {family} {table} {USER_CHAIN}")
+    if rc != 0:
+        _raise_environment(err)
+        return None
+    lines = out.splitlines()
+    rules: list[str] = []
+    inside = False
+    for l in lines:
+        s = l.strip()
+        if s.startswith(f"chain {USER_CHAIN}"):
+            inside = True
+            continue
+        if inside:
+            if s == "}":
+                break
+            if s and not s.startswith("type "):
+                rules.append(s)
+    return rules
+
+
+# ---------------------------------------------------------------------- transactions
+
+
+@dataclass
+class Transaction:
+    """The text of one libnftables transaction and, per line, the origin of what it adds."""
+
+    lines: list[str] = field(default_factory=list)
+    origins: dict[int, str] = field(default_factory=dict)
+
+    def add(self, line: str, origin: str = "") -> None:
+        self.lines.append(line)
+        if origin:
+            self.origins[len(self.lines)] = origin
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+    def commands(self) -> int:
+        return sum(1 for l in self.lines if l.startswith(("add ", "delete ", "insert ", "replace ", "flush ")))
+
+
+def full_transaction(rs: Ruleset, table: str, kept_user_rules: list[str] | None, exists: bool) -> Transaction:
+    """Replace one family's table: [add + delete] + add table, chains, then rules (Docker's order)."""
+    tx = Transaction()
+    fam = rs.family
+    if exists:
+        tx.add(f"add table {fam} {table}")
+        tx.add(f"delete table {fam} {table}")
+    tx.add(f"add table {fam} {table}")
+    chains = nft_chains(rs)
+    for c in chains:
+        hdr = chain_header(c)
+        tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
+    for c in chains:
+        if c.nft_name == USER_CHAIN and kept_user_rules is not None:
+            kept = list(kept_user_rules)
+            if "return" not in kept:  # setupUserChain: -A DOCKER-USER -j RETURN if absent
+                kept.append("return")
+            for line in kept:
+                tx.add(f"add rule {fam} {table} {c.nft_name} {line}", f"{c.nft_name}: kept user rule")
+            continue
+        for r in c.rules:
+            tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
+    return tx
+
+
+def _kernel_message(err: str) -> str:
+    first = next((l for l in err.splitlines() if l.strip()), err.strip())
+    return first.removeprefix("Error: ").strip()
+
+
+def _locate(nft: Nft, tx: Transaction) -> int | None:
+    """The first line of ``tx`` the kernel refuses, found by bisecting dry-run prefixes.
+
+    The kernel validates a batch as a whole and libnftables then blames its first command, so
+    the offending rule is found by asking the kernel (``--check``) about ever shorter prefixes.
+    """
+    lo, hi = 0, len(tx.lines)  # prefix of length lo passes; prefix of length hi fails
+    if hi == 0:
+        return None
+    for _ in range(64):
+        if hi - lo <= 1:
+            return hi
+        mid = (lo + hi) // 2
+        rc, _, _ = nft.run("\n".join(tx.lines[:mid]) + "\n", check=True)
+        if rc == 0:
+            lo = mid
+        else:
+            hi = mid
+    return None
+
+
+def _offending(nft: Nft, tx: Transaction, err: str) -> str:
+    """The kernel's message and the line (with the rule's origin) that caused it."""
+    msg = _kernel_message(err)
+    n = _locate(nft, tx)
+    if n is None:
+        return msg
+    origin = tx.origins.get(n, "")
+    return f"{msg}; offending command {n}: {tx.lines[n - 1]}" + (f" (origin: {origin})" if origin else "")
+
+
+@dataclass
+class ApplyResult:
+    families: list[str]
+    removed: list[str]
+    commands: int
+    kept_user_rules: dict[str, int]
+    checked: bool
+    sysctls: list[str] = field(default_factory=list)
+
+
+def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
+          extra: dict[str, Transaction] | None = None) -> ApplyResult:
+    """Load the generated tables in one transaction (``check``: the kernel validates, nothing changes)."""
+    check_table_name(table)
+    with lock(netns_name), netns(netns_name):
+        nft = Nft()
+        tx = Transaction()
+        families = gen.families()
+        kept: dict[str, int] = {}
+        removed: list[str] = []
+        for fam in ("ip", "ip6"):
+            exists = table_exists(nft, fam, table)
+            if fam not in families:
+                if exists:
+                    tx.add(f"delete table {fam} {table}")
+                    removed.append(fam)
+                continue
+            users = user_rules(nft, fam, table) if exists else None
+            kept[fam] = len([u for u in users or [] if u != "return"])
+            part = full_transaction(gen.rulesets[fam], table, users, exists)
+            base = len(tx.lines)
+            tx.lines.extend(part.lines)
+            tx.origins.update({base + k: v for k, v in part.origins.items()})
+            if extra and fam in extra:
+                base = len(tx.lines)
+                tx.lines.extend(extra[fam].lines)
+                tx.origins.update({base + k: v for k, v in extra[fam].origins.items()})
+        rc, _, err = nft.run(tx.text, check=check)
+        if rc != 0:
+            _raise_environment(err)
+            raise ApplyError(f"the kernel refused the transaction, nothing changed: {_offending(nft, tx, err)}")
+        return ApplyResult(families, removed, tx.commands(), kept, check)
+
+
+def remove(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[str]:
+    """Delete nftdocker's tables (both families) in one transaction; returns the families removed."""
+    check_table_name(table)
+    with lock(netns_name), netns(netns_name):
+        nft = Nft()
+        fams = [f for f in ("ip", "ip6") if table_exists(nft, f, table)]
+        if fams:
+            rc, _, err = nft.run("".join(f"delete table {f} {table}\n" for f in fams))
+            if rc != 0:
+                _raise_environment(err)
+                raise KernelError(f"the kernel refused to delete the tables: {err.strip()}")
+        return fams
+
+
+def list_objects(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
+    """``nft -j list table`` objects of nftdocker's tables (both families)."""
+    check_table_name(table)
+    with netns(netns_name):
+        nft = Nft()
+        objs: list[dict[str, Any]] = []
+        for fam in ("ip", "ip6"):
+            if table_exists(nft, fam, table):
+                objs.extend(nft.list_json(f"list table {fam} {table}"))
+        return objs
+
+
+def list_text(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> str:
+    check_table_name(table)
+    with netns(netns_name):
+        nft = Nft()
+        out = []
+        for fam in ("ip", "ip6"):
+            if table_exists(nft, fam, table):
+                rc, text, err = nft.list_text(f"list table {fam} {table}")
+                if rc == 0:
+                    out.append(text)
+        return "".join(out)
+
+
+def list_ruleset_json(netns_name: str | None = None) -> list[dict[str, Any]]:
+    with netns(netns_name):
+        return Nft().list_json("list ruleset")
+
+
+# ---------------------------------------------------------------------- sysctls
+
+
+def apply_sysctls(gen: Generated, netns_name: str | None = None) -> list[str]:
+    """What Docker sets beside its rules: forwarding, route_localnet, bridge-nf-call, port hairpin."""
+    report: list[str] = []
+    with netns(netns_name):
+        for s in gen.sysctls:
+            path = Path("/proc/sys") / s.key.replace(".", "/")
+            if ".conf." in s.key:
+                # interface names may hold dots: net.ipv4.conf.<ifname>.route_localnet
+                head, _, rest = s.key.partition(".conf.")
+                ifname, _, leaf = rest.rpartition(".")
+                path = Path("/proc/sys") / head.replace(".", "/") / "conf" / ifname / leaf
+            try:
+                path.write_text(s.value + "\n")
+                report.append(f"{s.key} = {s.value} ({s.origin})")
+            except FileNotFoundError:
+                report.append(f"{s.key}: skipped, not present in this namespace ({s.origin})")
+            except OSError as e:
+                report.append(f"{s.key}: failed: {e.strerror} ({s.origin})")
+        if gen.scenario.daemon.hairpin:
+            report.extend(_hairpin_ports(gen))
+    return report
+
+
+def _hairpin_ports(gen: Generated) -> list[str]:
+    try:
+        from pyroute2 import IPRoute  # type: ignore[import-not-found]
+    except ImportError:
+        return ["hairpin: skipped, pyroute2 is not installed (pip install pyroute2)"]
+    out = []
+    bridges = {n.bridge for n in gen.scenario.networks}
+    with IPRoute() as ipr:
+        index = {l.get_attr("IFLA_IFNAME"): l["index"] for l in ipr.get_links()}
+        for br in sorted(bridges):
+            if br not in index:
+                out.append(f"hairpin on {br} ports: skipped, no such bridge")
+                continue
+            ports = [l.get_attr("IFLA_IFNAME") for l in ipr.get_links() if l.get_attr("IFLA_MASTER") == index[br]]
+            for p in ports:
+                ipr.brport("set", index=index[p], hairpin_mode=1)
+                out.append(f"hairpin on {br} port {p}")
+    return out
