@@ -36,7 +36,7 @@ def _write(args: argparse.Namespace, text: str) -> None:
 
 
 def add_scenario_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("scenario", nargs=None if required else "?", metavar="SCENARIO", help="scenario file (TOML)")
+    p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario file (TOML); or --docker-host")
     p.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
     live = p.add_argument_group("live Docker Engine instead of a scenario file")
     live.add_argument("--docker-host", metavar="URL", help="read networks and containers from this Docker Engine")
@@ -48,7 +48,9 @@ def add_scenario_args(p: argparse.ArgumentParser, required: bool = True) -> None
 def load_scenario(args: argparse.Namespace):
     from . import scenario as sc
 
-    if getattr(args, "docker_host", None) or (getattr(args, "scenario", None) is None and hasattr(args, "docker_host") and os.environ.get("NFTDOCKER_LIVE")):
+    if getattr(args, "docker_host", None):
+        if args.scenario:
+            raise UsageError("give either SCENARIO or --docker-host, not both")
         from .live import scenario_from_live
 
         return scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
