@@ -226,7 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_extra_commands: list[Callable[[Any], None]] = []
+def _verify_commands(sub: Any) -> None:
+    from .verify_cli import register
+
+    register(sub)
+
+
+_extra_commands: list[Callable[[Any], None]] = [_verify_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
