@@ -12,6 +12,7 @@ Pure: no I/O, deterministic.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Iterable, Literal
@@ -93,10 +94,15 @@ class Generated:
 
 
 class Iptables:
-    """One family's iptables, as Docker drives it: check-then-insert/append, delete, policy."""
+    """One family's iptables, as Docker drives it: check-then-insert/append, delete, policy.
+
+    ``count`` indexes each chain's rules, so the ``-C`` check before every insert and append
+    costs O(1) instead of a scan of the chain (thousands of rules on a large host).
+    """
 
     def __init__(self, family: Literal["ip", "ip6"]) -> None:
         self.rs = Ruleset(family)
+        self.count: dict[tuple[str, str], Counter[Rule]] = {}
 
     def chain(self, table: str, name: str) -> Chain:
         key = (table, name)
@@ -106,6 +112,7 @@ class Iptables:
             if c.builtin:
                 c.policy = "ACCEPT"
             self.rs.chains[key] = c
+            self.count[key] = Counter()
         return c
 
     def new_chain(self, table: str, name: str) -> None:
@@ -113,26 +120,30 @@ class Iptables:
         self.chain(table, name)
 
     def has(self, table: str, chain: str, r: Rule) -> bool:
-        c = self.rs.chains.get((table, chain))
-        return c is not None and r in c.rules
+        cnt = self.count.get((table, chain))
+        return cnt is not None and cnt[r] > 0
 
     def append(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Append: ``-C`` then ``-A`` if absent."""
         c = self.chain(table, chain)
-        if r not in c.rules:
+        cnt = self.count[(table, chain)]
+        if not cnt[r]:
             c.rules.append(r)
+            cnt[r] += 1
 
     def insert(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Insert: ``-C`` then ``-I`` (position 1) if absent."""
         c = self.chain(table, chain)
-        if r not in c.rules:
+        cnt = self.count[(table, chain)]
+        if not cnt[r]:
             c.rules.insert(0, r)
+            cnt[r] += 1
 
     def delete(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Delete: ``-D`` if present (the first copy)."""
-        c = self.rs.chains.get((table, chain))
-        if c is not None and r in c.rules:
-            c.rules.remove(r)
+        if self.has(table, chain, r):
+            self.rs.chains[(table, chain)].rules.remove(r)
+            self.count[(table, chain)][r] -= 1
 
     def ensure_jump(self, table: str, src: str, dst: str, origin: str) -> None:
         """iptables.EnsureJumpRule: delete ``-j dst`` if present, then insert it at the top."""
@@ -159,6 +170,8 @@ class Firewall:
         self.endpoints: list[Endpoint] = []
         self.bindings: dict[str, list[Binding]] = {}
         self.hairpin_ports: list[str] = []
+        self.networks = {n.name: n for n in scenario.networks}
+        self.containers = {c.name: c for c in scenario.containers}
 
     def enabled(self, v: V) -> bool:
         return self.daemon.iptables if v == 4 else self.daemon.ip6tables
@@ -532,7 +545,7 @@ class Firewall:
 
     def run_container(self, ctr: Container, eps: dict[tuple[str, str], Endpoint]) -> None:
         """docker run then docker network connect: endpoints in order, ports on the gateway endpoint."""
-        nets = [self.sc.network(n) for n in ctr.networks]
+        nets = [self.networks[n] for n in ctr.networks]
         mine = []
         for net in nets:
             ep = self.create_endpoint(ctr, net)
@@ -545,7 +558,7 @@ class Firewall:
         self.program_external_connectivity(ctr, net, ep)
         if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
             for l in ctr.links:
-                child = next(c for c in self.sc.containers if c.name == l.name)
+                child = self.containers[l.name]
                 child_ep = eps.get((child.name, net.name))
                 if child_ep is not None:
                     self.link(net, ctr, ep, child, child_ep)

@@ -8,6 +8,7 @@ that iptables would consider the same (``iptables -C``) compare equal here too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Literal, Union
 
@@ -129,6 +130,10 @@ class Rule:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matches", tuple(sorted(self.matches, key=_order)))
+        object.__setattr__(self, "_hash", hash((self.matches, self.action)))
+
+    def __hash__(self) -> int:  # cached: rules are hashed on every insert/append check
+        return self._hash  # type: ignore[attr-defined]
 
 
 def rule(*matches: Match | None, action: Action, origin: str = "") -> Rule:
@@ -136,8 +141,12 @@ def rule(*matches: Match | None, action: Action, origin: str = "") -> Rule:
     return Rule(tuple(m for m in matches if m is not None), action, origin)
 
 
+@lru_cache(maxsize=65536)
 def host(addr: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network:
-    return ip_network(addr)
+    """The /32 or /128 prefix of one address (built from integers: parsing text is slow)."""
+    if addr.version == 4:
+        return IPv4Network((int(addr), 32))
+    return IPv6Network((int(addr), 128))
 
 
 ANY4 = ip_network("0.0.0.0/0")

@@ -607,21 +607,34 @@ def _check_bridges(ctx: _Ctx, networks: list[Network], where: str) -> None:
                 f"bridge {n.bridge!r} is already used by network {seen[n.bridge]!r}",
             )
         seen[n.bridge] = n.name
-    for i, a in enumerate(networks):
-        for b in networks[:i]:
-            for sa in a.subnets4 + a.subnets6:  # type: ignore[operator]
-                for sb in b.subnets4 + b.subnets6:  # type: ignore[operator]
-                    if sa.version == sb.version and sa.overlaps(sb):
-                        idx = i - (1 if networks[0].default_bridge else 0)
-                        raise ctx.fail(f"{where}[{idx}].subnets", f"'{sa}' overlaps '{sb}' of network {b.name!r}")
+    # Overlaps: sort each family's prefixes by start; a prefix overlaps an earlier one exactly
+    # when it starts before the furthest end seen so far.
+    spans = sorted(
+        (s.version, int(s.network_address), int(s.broadcast_address), i, s)
+        for i, n in enumerate(networks)
+        for s in n.subnets4 + n.subnets6  # type: ignore[operator]
+    )
+    reach: dict[int, tuple[int, int, Any]] = {}
+    for version, start, end, i, s in spans:
+        prev = reach.get(version)
+        if prev is not None and start <= prev[0]:
+            j, other = prev[1], prev[2]
+            late, early = (i, j) if i > j else (j, i)
+            sa = s if late == i else other
+            sb = other if late == i else s
+            idx = late - (1 if networks[0].default_bridge else 0)
+            raise ctx.fail(f"{where}[{idx}].subnets", f"'{sa}' overlaps '{sb}' of network {networks[early].name!r}")
+        if prev is None or end > prev[0]:
+            reach[version] = (end, i, s)
 
 
 def _check_links(ctx: _Ctx, containers: list[Container]) -> None:
-    names = [c.name for c in containers]
+    started: set[str] = set()
     for i, c in enumerate(containers):
         for j, l in enumerate(c.links):
-            if l.name not in names[:i]:
+            if l.name not in started:
                 raise ctx.fail(f"containers[{i}].links[{j}]", f"no container named {l.name!r} started before {c.name!r}")
+        started.add(c.name)
 
 
 # --------------------------------------------------------------------------- docker inspect
