@@ -73,7 +73,7 @@ def netns(name: str | None) -> Iterator[None]:
         raise EnvironmentProblem(f"no network namespace {name!r} (ip netns list shows them; create one with: ip netns add {name})")
     if os.geteuid() != 0:
         raise EnvironmentProblem("entering a network namespace needs root: run nftdocker as root")
-    here = os.open("/proc/self/ns/net", os.O_RDONLY)
+    here = os.open("/proc/thread-self/ns/net", os.O_RDONLY)  # this thread's namespace, not the main thread's
     try:
         there = os.open(path, os.O_RDONLY)
         try:
@@ -404,13 +404,19 @@ def _hairpin_ports(gen: Generated) -> list[str]:
     out = []
     bridges = {n.bridge for n in gen.scenario.networks}
     with IPRoute() as ipr:
-        index = {l.get_attr("IFLA_IFNAME"): l["index"] for l in ipr.get_links()}
+        links = ipr.get_links()  # one listing: veths come and go while containers start
+        index = {l.get_attr("IFLA_IFNAME"): l["index"] for l in links}
         for br in sorted(bridges):
             if br not in index:
                 out.append(f"hairpin on {br} ports: skipped, no such bridge")
                 continue
-            ports = [l.get_attr("IFLA_IFNAME") for l in ipr.get_links() if l.get_attr("IFLA_MASTER") == index[br]]
-            for p in ports:
-                ipr.brport("set", index=index[p], hairpin_mode=1)
-                out.append(f"hairpin on {br} port {p}")
+            for l in links:
+                if l.get_attr("IFLA_MASTER") != index[br]:
+                    continue
+                port = l.get_attr("IFLA_IFNAME")
+                try:
+                    ipr.brport("set", index=l["index"], hairpin_mode=1)
+                    out.append(f"hairpin on {br} port {port}")
+                except Exception as e:  # noqa: BLE001 - the port went away (ENODEV) meanwhile
+                    out.append(f"hairpin on {br} port {port}: skipped ({getattr(e, 'code', e)})")
     return out
