@@ -119,13 +119,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from .generate import generate
 
     gen = generate(load_scenario(args))
-    res = kernel.apply(gen, args.netns, args.table, check=args.check)
+    from . import incremental
+
+    res = incremental.apply(gen, args.netns, args.table, check=args.check, replace=args.replace)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
         "tables": [f"{f} {args.table}" for f in res.families],
         "removed": [f"{f} {args.table}" for f in res.removed],
         "commands": res.commands,
+        "mode": getattr(res, "mode", "full"),
         "kept_user_rules": res.kept_user_rules,
     }
     if args.sysctls and not args.check:
@@ -135,7 +138,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         return 0
     where = f" in netns {args.netns}" if args.netns else ""
     verb = "kernel accepted (nothing changed)" if res.checked else "applied"
-    print(f"{verb}: table {', table '.join(report['tables'])}{where} ({res.commands} commands, one transaction)")
+    how = {"incremental": "only the difference", "noop": "already up to date", "full": "full replace"}.get(report["mode"], report["mode"])
+    print(f"{verb}: table {', table '.join(report['tables'])}{where} ({res.commands} commands, one transaction; {how})")
     for fam, n in res.kept_user_rules.items():
         if n:
             print(f"kept {n} user rule(s) in {fam} filter-DOCKER-USER")
@@ -203,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_args(a)
     a.add_argument("--netns", metavar="NAME", help="network namespace (ip netns name); default: the current one")
     a.add_argument("--check", action="store_true", help="have the kernel validate the transaction; change nothing")
+    a.add_argument("--replace", action="store_true", help="replace the whole table even when it is loaded (default: send only the difference)")
     a.add_argument("--sysctls", action="store_true", help="also set what Docker sets beside its rules (forwarding, route_localnet, bridge-nf-call, hairpin)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_apply)
@@ -232,7 +237,13 @@ def _verify_commands(sub: Any) -> None:
     register(sub)
 
 
-_extra_commands: list[Callable[[Any], None]] = [_verify_commands]
+def _live_commands(sub: Any) -> None:
+    from .live_cli import register
+
+    register(sub)
+
+
+_extra_commands: list[Callable[[Any], None]] = [_verify_commands, _live_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

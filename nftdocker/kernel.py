@@ -337,6 +337,9 @@ def remove(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[st
             if rc != 0:
                 _raise_environment(err)
                 raise KernelError(f"the kernel refused to delete the tables: {err.strip()}")
+        from .incremental import forget
+
+        forget(netns_name, table)
         return fams
 
 

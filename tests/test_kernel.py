@@ -87,15 +87,12 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
 
 
 def test_refusal_exits_3_from_the_cli(netns, monkeypatch, capsys):
-    real = kernel.full_transaction
+    from nftdocker import incremental
 
-    def with_loop(rs, table, kept, exists):
-        tx = real(rs, table, kept, exists)
-        if rs.family == "ip":
-            tx.add(f"add rule ip {table} filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
-        return tx
-
-    monkeypatch.setattr(kernel, "full_transaction", with_loop)
+    real = incremental.apply
+    loop = kernel.Transaction()
+    loop.add("add rule ip nftdocker filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
+    monkeypatch.setattr(incremental, "apply", lambda *a, **kw: real(*a, **kw, extra={"ip": loop}))
     rc = cli.main(["apply", str(RULESETS / "multi" / "scenario.toml"), "--netns", netns])
     err = capsys.readouterr().err
     assert rc == 3

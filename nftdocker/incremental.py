@@ -1,0 +1,1313 @@
+"""Incremental apply: send the kernel only the difference between its table and the generated one.
+
+:func:`plan` compares the kernel's table (read with rule handles) with the generated rulesets and
+returns one transaction that edits the table in place: rules deleted by handle, new rules put at
+the head (``insert``) or tail (``add``) of their chain, chains added or removed, base-chain
+policies changed. Rules are compared as canonical IR (the kernel's JSON goes through
+:func:`nftdocker.compat.parse_expr`, both sides are rendered with :func:`render.rule_text`).
+``filter-DOCKER-USER`` is never diffed: it is only created (with its ``return``) when absent, and
+gets a ``return`` appended when it has none, exactly as a full replace does. :func:`plan` returns
+None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
+when the edit is larger than the table, or when a chain would have to be created before chains
+that exist (``nft list table`` lists chains in creation order, and the result must list exactly as
+a fresh full apply does).
+
+Why no ``add rule ... position H``: libnftables 1.0.6 fetches the whole rule cache for any rule
+command that names a position or index (4 s for a 26,000-rule table, more than loading the table
+afresh), and ``--echo`` fetches a full cache too. So a block of new rules that lands between two
+kept rules is made contiguous with the head or tail of its chain instead: the longest run of kept
+rules with no new rule inside it stays, and the rules on the shorter side are deleted and re-added.
+Docker's own operations (``-A``/``-I``/``-D``) only ever touch the ends of a chain, so adding or
+removing a container or network costs a handful of commands.
+
+Handles of the rules a transaction adds are learnt from the kernel's own notifications: a
+netlink socket on the nftables multicast group is open while the transaction commits, and the
+``NEWRULE`` messages (in batch order) up to the ``NEWGEN`` message carrying our thread id are ours.
+That costs in proportion to the change, and the generation id tells whether anything committed
+since: :func:`apply` stores the table's view (rule keys and handles) in
+``/run/nftdocker/state/``, and the next :func:`apply` uses it without listing the table when the
+namespace, the table's handle and the ruleset generation are unchanged.
+
+:class:`IncrementalApplier` is the long-running path (``watch``, benchmarks): it keeps the model
+(an indexed :class:`generate.Firewall`) and the kernel's handles in memory, so adding a container
+replays only that container's Docker calls and sends them, with no listing and no re-parse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import json
+import os
+import select
+import socket
+import struct
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from . import kernel
+from .compat import parse_expr
+from .errors import ApplyError, CompatError, KernelError, NftdockerError
+from .generate import Firewall, Generated, Iptables
+from .ir import BASE_CHAINS, BUILTIN_CHAINS, Chain, Rule, Ruleset
+from .model import Container, Scenario
+from .render import DEFAULT_TABLE, chain_header, nft_chains, rule_text
+
+USER_CHAIN = kernel.USER_CHAIN
+STATE_DIR = kernel.LOCK_DIR / "state"
+FAMILIES = ("ip", "ip6")
+
+# ---------------------------------------------------------------------- generation with an index
+
+
+class IndexedIptables(Iptables):
+    """:class:`generate.Iptables` that can record what Docker does.
+
+    With ``log`` set to a list, every change is recorded as ``(op, table, chain, rule)``
+    (``op``: add, insert, delete, chain, policy), in the order Docker makes it.
+    """
+
+    def __init__(self, family: Literal["ip", "ip6"]) -> None:
+        super().__init__(family)
+        self.log: list[tuple[str, str, str, Rule | None]] | None = None
+
+    def chain(self, table: str, name: str) -> Chain:
+        if self.log is not None and (table, name) not in self.rs.chains:
+            self.log.append(("chain", table, name, None))
+        return super().chain(table, name)
+
+    def append(self, table: str, chain: str, r: Rule) -> None:
+        if self.log is not None and not self.has(table, chain, r):
+            self.log.append(("add", table, chain, r))
+        super().append(table, chain, r)
+
+    def insert(self, table: str, chain: str, r: Rule) -> None:
+        if self.log is not None and not self.has(table, chain, r):
+            self.log.append(("insert", table, chain, r))
+        super().insert(table, chain, r)
+
+    def delete(self, table: str, chain: str, r: Rule) -> None:
+        if self.log is not None and self.has(table, chain, r):
+            self.log.append(("delete", table, chain, r))
+        super().delete(table, chain, r)
+
+    def set_policy(self, table: str, chain: str, policy: Literal["ACCEPT", "DROP"]) -> None:
+        if self.log is not None and self.rs.chains.get((table, chain), Chain(table, chain)).policy != policy:
+            self.log.append(("policy", table, chain, None))
+        super().set_policy(table, chain, policy)
+
+
+class IndexedFirewall(Firewall):
+    """:class:`generate.Firewall` over :class:`IndexedIptables`, kept to replay later containers on.
+
+    It keeps the endpoints ``run()`` made (``eps``), so that :meth:`add_containers` can run
+    containers appended to the scenario exactly as ``run()`` would have run them last.
+    """
+
+    def __init__(self, scenario: Scenario) -> None:
+        super().__init__(scenario)
+        self.ipt = {4: IndexedIptables("ip"), 6: IndexedIptables("ip6")}  # type: ignore[dict-item]
+        self.eps: dict[tuple[str, str], Any] = {}
+
+    def run_container(self, ctr: Container, eps: dict) -> None:
+        self.eps = eps
+        super().run_container(ctr, eps)
+
+    def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
+        """Run ``ctrs`` (the containers ``scenario`` appends to the current one) on this state."""
+        self.sc = scenario
+        for ctr in ctrs:
+            self.containers[ctr.name] = ctr
+            self.run_container(ctr, self.eps)
+
+
+def generate_fast(scenario: Scenario) -> Generated:
+    """:func:`generate.generate`, through :class:`IndexedFirewall` (the same result)."""
+    return IndexedFirewall(scenario).run()
+
+
+# ---------------------------------------------------------------------- netlink (nftables group)
+
+NETLINK_NETFILTER = 12
+SOL_NETLINK = 270
+NETLINK_ADD_MEMBERSHIP = 1
+NFNLGRP_NFTABLES = 7
+SO_RCVBUFFORCE = 33
+NLMSG_ERROR = 2
+NLM_F_REQUEST = 1
+SUBSYS = 10 << 8  # NFNL_SUBSYS_NFTABLES
+MSG_NEWTABLE, MSG_GETTABLE, MSG_DELTABLE = 0, 1, 2
+MSG_NEWCHAIN, MSG_DELCHAIN = 3, 5
+MSG_NEWRULE, MSG_DELRULE = 6, 8
+MSG_NEWGEN, MSG_GETGEN = 15, 16
+NFPROTO = {"ip": 2, "ip6": 10}
+FAMILY_OF = {2: "ip", 10: "ip6"}
+
+
+def _attrs(buf: bytes | bytearray | memoryview, off: int, end: int) -> dict[int, tuple[int, int]]:
+    out: dict[int, tuple[int, int]] = {}
+    while off + 4 <= end:
+        ln, ty = struct.unpack_from("=HH", buf, off)
+        if ln < 4:
+            break
+        out.setdefault(ty & 0x3FFF, (off + 4, off + ln))
+        off += (ln + 3) & ~3
+    return out
+
+
+def _str(buf: Any, span: tuple[int, int] | None) -> str:
+    if span is None:
+        return ""
+    return bytes(buf[span[0]:span[1]]).split(b"\0", 1)[0].decode(errors="replace")
+
+
+@dataclass
+class Event:
+    """One nftables notification: the parts nftdocker needs."""
+
+    msg: int
+    family: str
+    table: str = ""
+    chain: str = ""
+    handle: int | None = None
+    genid: int | None = None
+    pid: int | None = None
+
+
+def _parse(buf: Any, n: int) -> Iterable[Event | int]:
+    """Events, or an errno for NLMSG_ERROR messages."""
+    off = 0
+    while off + 16 <= n:
+        ln, ty, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
+        if ln < 16 or off + ln > n:
+            break
+        if ty == NLMSG_ERROR:
+            yield -struct.unpack_from("=i", buf, off + 16)[0]
+        elif ty & 0xFF00 == SUBSYS and ln >= 20:
+            msg = ty & 0xFF
+            fam = FAMILY_OF.get(buf[off + 16], str(buf[off + 16]))
+            a = _attrs(buf, off + 20, off + ln)
+            ev = Event(msg, fam)
+            if msg in (MSG_NEWRULE, MSG_DELRULE):
+                ev.table, ev.chain = _str(buf, a.get(1)), _str(buf, a.get(2))
+                if 3 in a:
+                    ev.handle = struct.unpack_from(">Q", buf, a[3][0])[0]
+            elif msg in (MSG_NEWCHAIN, MSG_DELCHAIN):
+                ev.table, ev.chain = _str(buf, a.get(1)), _str(buf, a.get(3))
+                if 2 in a:
+                    ev.handle = struct.unpack_from(">Q", buf, a[2][0])[0]
+            elif msg in (MSG_NEWTABLE, MSG_DELTABLE):
+                ev.table = _str(buf, a.get(1))
+                if 4 in a:
+                    ev.handle = struct.unpack_from(">Q", buf, a[4][0])[0]
+            elif msg == MSG_NEWGEN:
+                if 1 in a:
+                    ev.genid = struct.unpack_from(">I", buf, a[1][0])[0]
+                if 2 in a:
+                    ev.pid = struct.unpack_from(">I", buf, a[2][0])[0]
+            yield ev
+        off += (ln + 3) & ~3
+
+
+class Monitor:
+    """A netlink socket on the nftables multicast group of the current network namespace.
+
+    Open it before a transaction; :meth:`own_commit` then returns what that transaction did.
+    Notifications of other processes' commits are kept in :attr:`foreign`. ``lost`` is set when
+    the kernel dropped notifications (the socket buffer overflowed).
+    """
+
+    def __init__(self, rcvbuf: int = 64 << 20) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.bind((0, 0))
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
+        self.buf = bytearray(1 << 20)
+        self.pending: list[Event] = []
+        self.foreign: list[Event] = []
+        self.lost = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _read(self, timeout: float) -> bool:
+        """Read what is there (waiting up to ``timeout`` for the first message); False if nothing came."""
+        got = False
+        wait = timeout
+        while True:
+            if wait > 0:
+                r, _, _ = select.select([self.sock], [], [], wait)
+                if not r:
+                    return got
+            try:
+                n = self.sock.recv_into(self.buf, len(self.buf), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return got
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:
+                    self.lost = True
+                    continue
+                raise
+            got = True
+            wait = 0
+            for ev in _parse(self.buf, n):
+                if isinstance(ev, int):
+                    continue
+                if ev.msg == MSG_NEWGEN:
+                    self._close_commit(ev)
+                else:
+                    self.pending.append(ev)
+
+    def _close_commit(self, gen: Event) -> None:
+        self.pending.append(gen)
+        self._commits.append(self.pending)
+        self.pending = []
+
+    _commits: list[list[Event]]
+
+    def drain(self) -> None:
+        """Move every complete commit seen so far to :attr:`foreign` (call before a transaction)."""
+        self._commits = []
+        self._read(0)
+        for c in self._commits:
+            self.foreign.extend(c)
+        self._commits = []
+
+    def own_commit(self, tid: int, timeout: float = 2.0) -> tuple[int, list[Event]] | None:
+        """(generation id, events) of the commit made by thread ``tid``; None if it cannot be told."""
+        self._commits = []
+        deadline = time.monotonic() + timeout
+        while True:
+            for i, c in enumerate(self._commits):
+                gen = c[-1]
+                if gen.pid == tid:
+                    for other in self._commits[:i] + self._commits[i + 1:]:
+                        self.foreign.extend(other)
+                    self._commits = []
+                    return (gen.genid or 0), c[:-1]
+            left = deadline - time.monotonic()
+            if left <= 0 or self.lost:
+                for c in self._commits:
+                    self.foreign.extend(c)
+                self._commits = []
+                return None
+            self._read(min(left, 0.05) if self._commits or self.pending else left)
+
+
+def _request(msg: int, family: int, attrs: bytes = b"") -> list[Event | int]:
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        s.bind((0, 0))
+        hdr = struct.pack("=IHHII", 20 + len(attrs), SUBSYS | msg, NLM_F_REQUEST, 1, 0) + struct.pack("=BBH", family, 0, 0)
+        s.send(hdr + attrs)
+        r, _, _ = select.select([s], [], [], 2.0)
+        if not r:
+            return []
+        buf = bytearray(65536)
+        n = s.recv_into(buf)
+        return list(_parse(buf, n))
+    finally:
+        s.close()
+
+
+def _nla_str(ty: int, text: str) -> bytes:
+    b = text.encode() + b"\0"
+    return struct.pack("=HH", 4 + len(b), ty) + b + b"\0" * ((-len(b)) % 4)
+
+
+def ruleset_genid() -> int | None:
+    """The current nftables ruleset generation of this namespace (changes with every commit)."""
+    for ev in _request(MSG_GETGEN, 0):
+        if isinstance(ev, Event) and ev.msg == MSG_NEWGEN:
+            return ev.genid
+    return None
+
+
+def table_handle(family: str, table: str) -> int | None:
+    """The kernel's handle of ``table`` (unique until reboot), or None if it does not exist."""
+    for ev in _request(MSG_GETTABLE, NFPROTO[family], _nla_str(1, table)):
+        if isinstance(ev, Event) and ev.msg == MSG_NEWTABLE:
+            return ev.handle
+    return None
+
+
+def netns_id() -> list[int]:
+    st = os.stat("/proc/self/ns/net")
+    return [st.st_dev, st.st_ino]
+
+
+# ---------------------------------------------------------------------- the kernel's table, as keys and handles
+
+
+@dataclass
+class KChain:
+    """One chain as the kernel holds it: header, and per rule its key (canonical nft text) and handle."""
+
+    name: str
+    base: tuple[str, str, int] | None = None  # type, hook, priority
+    policy: str | None = None  # accept / drop (base chains)
+    keys: list[str] = field(default_factory=list)
+    handles: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class KTable:
+    family: str
+    handle: int | None
+    chains: dict[str, KChain] = field(default_factory=dict)  # in the kernel's (creation) order
+
+    def rule_count(self) -> int:
+        return sum(len(c.keys) for c in self.chains.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {"handle": self.handle,
+                "chains": [[c.name, list(c.base) if c.base else None, c.policy, c.keys, c.handles] for c in self.chains.values()]}
+
+    @classmethod
+    def from_json(cls, family: str, d: dict[str, Any]) -> KTable:
+        t = cls(family, d.get("handle"))
+        for name, base, policy, keys, handles in d["chains"]:
+            t.chains[name] = KChain(name, tuple(base) if base else None, policy, list(keys), list(handles))  # type: ignore[arg-type]
+        return t
+
+
+_FOREIGN_STMTS = ("counter", "comment", "log", "limit", "meta", "mangle", "quota", "xt", "notrack", "queue")
+
+
+def _key_of(body: dict[str, Any], family: str, stub: Ruleset) -> str:
+    """The canonical text of a listed rule, or a key no generated rule has (for anything else)."""
+    handle = body.get("handle")
+    foreign = f"\0foreign rule {handle}"
+    chain = str(body.get("chain", ""))
+    ipt_table, _, name = chain.partition("-")
+    if ipt_table not in BUILTIN_CHAINS or not name or "comment" in body:
+        return foreign
+    exprs = body.get("expr", [])
+    for e in exprs:
+        if isinstance(e, dict) and (set(e) & set(_FOREIGN_STMTS) - {"meta"} or
+                                    ("match" in e and "nfproto" in json.dumps(e["match"].get("left", "")))):
+            return foreign
+    try:
+        matches, action = parse_expr(exprs, family, ipt_table, chain)
+        return rule_text(Rule(tuple(matches), action), stub, ipt_table)
+    except (CompatError, KeyError, ValueError, TypeError, AttributeError):
+        return foreign
+
+
+def read_table(nft: kernel.Nft, family: str, table: str) -> KTable | None:
+    """``nft -j -a list table FAMILY TABLE`` as a :class:`KTable`; None if the table does not exist."""
+    ctx = nft.ctx
+    ctx.set_json_output(True)
+    ctx.set_handle_output(True)
+    try:
+        rc, out, err = ctx.cmd(f"list table {family} {table}")
+    finally:
+        ctx.set_json_output(False)
+        ctx.set_handle_output(False)
+    if rc != 0:
+        kernel._raise_environment(err)
+        if "No such file or directory" in err:
+            return None
+        raise KernelError(f"cannot list table {family} {table}: {kernel._kernel_message(err)}")
+    objs = json.loads(out).get("nftables", []) if out.strip() else []
+    kt = KTable(family, None)
+    stub = Ruleset(family)  # type: ignore[arg-type]
+    for o in objs:
+        if "table" in o:
+            kt.handle = o["table"].get("handle")
+        elif "chain" in o:
+            c = o["chain"]
+            base = (c["type"], c["hook"], int(c["prio"])) if "hook" in c else None
+            kt.chains[c["name"]] = KChain(c["name"], base, c.get("policy") if base else None)
+        elif "rule" in o:
+            r = o["rule"]
+            kc = kt.chains.get(r.get("chain"))
+            if kc is None:
+                continue
+            kc.keys.append(_key_of(r, family, stub))
+            kc.handles.append(r.get("handle"))
+    return kt
+
+
+# ---------------------------------------------------------------------- the generated table, as keys
+
+
+@dataclass
+class WChain:
+    name: str
+    chain: Chain
+    header: str | None
+    base: tuple[str, str, int] | None
+    policy: str | None
+    keys: list[str]
+
+
+def wanted(rs: Ruleset) -> dict[str, WChain]:
+    """The generated chains in ``nft_chains`` order, with their rules' keys."""
+    out: dict[str, WChain] = {}
+    for c in nft_chains(rs):
+        base = policy = None
+        if c.builtin:
+            base = BASE_CHAINS[(c.table, c.name)]
+            policy = "drop" if c.policy == "DROP" else "accept"
+        out[c.nft_name] = WChain(c.nft_name, c, chain_header(c), base, policy, [rule_text(r, rs, c.table) for r in c.rules])
+    return out
+
+
+# ---------------------------------------------------------------------- the edit
+
+
+class Replace(Exception):
+    """The edit is not worth it (or not possible in place): do a full replace."""
+
+
+@dataclass
+class ChainEdit:
+    deletes: list[int]
+    head: list[str]  # final order
+    tail: list[str]
+    handles: list[int | None]  # the chain's handles afterwards (None: added by this edit)
+
+
+def chain_edit(keys: list[str], handles: list[int | None], new: list[str]) -> ChainEdit | None:
+    """Delete/insert/append that turn ``keys`` into ``new`` without positional adds; None if equal.
+
+    Matching blocks come from difflib (no autojunk); the longest run of kept rules with no new
+    rule inside it stays where it is, new rules before it are inserted at the head, those after
+    it appended, and every other old rule deleted.
+    """
+    if keys == new:
+        return None
+    n_old, n_new = len(keys), len(new)
+    pre = 0
+    while pre < n_old and pre < n_new and keys[pre] == new[pre]:
+        pre += 1
+    suf = 0
+    while suf < n_old - pre and suf < n_new - pre and keys[n_old - 1 - suf] == new[n_new - 1 - suf]:
+        suf += 1
+    pairs: list[tuple[int, int]] = [(i, i) for i in range(pre)]
+    mid_old, mid_new = keys[pre:n_old - suf], new[pre:n_new - suf]
+    if mid_old and mid_new:
+        sm = SequenceMatcher(None, mid_old, mid_new, autojunk=False)
+        for i, j, n in sm.get_matching_blocks():
+            pairs.extend((pre + i + t, pre + j + t) for t in range(n))
+    pairs.extend((n_old - suf + t, n_new - suf + t) for t in range(suf))
+    best: tuple[int, int] = (0, 0)  # [start, end) into pairs
+    start = 0
+    for p in range(1, len(pairs) + 1):
+        if p == len(pairs) or pairs[p][1] != pairs[p - 1][1] + 1:
+            if p - start > best[1] - best[0]:
+                best = (start, p)
+            start = p
+    run = pairs[best[0]:best[1]]
+    kept = {i for i, _ in run}
+    deletes = [h for i, h in enumerate(handles) if i not in kept and h is not None]
+    if any(h is None for i, h in enumerate(handles) if i not in kept):
+        raise Replace("a rule without a known handle would have to be deleted")
+    if run:
+        j0, j1 = run[0][1], run[-1][1] + 1
+        head, tail = new[:j0], new[j1:]
+        after = [None] * j0 + [handles[i] for i, _ in run] + [None] * (n_new - j1)
+    else:
+        head, tail = [], list(new)
+        after = [None] * n_new
+    return ChainEdit(deletes, head, tail, after)
+
+
+@dataclass
+class IncrementalTransaction(kernel.Transaction):
+    """A :class:`kernel.Transaction` that edits the table in place, and what the kernel will hold after it."""
+
+    after: dict[str, KTable | None] = field(default_factory=dict)
+    #: per add/insert command, in order: (family, chain, index in the chain afterwards)
+    slots: list[tuple[str, str, int]] = field(default_factory=list)
+    added: int = 0
+    removed: int = 0
+    mode: str = "incremental"
+    #: time spent in libnftables and the kernel (the ``cmd`` call), once committed
+    kernel_seconds: float = 0.0
+    #: the families whose table the transaction deletes
+    dropped: list[str] = field(default_factory=list)
+    #: the number of commands, for a transaction in block form (:func:`full`)
+    n_commands: int | None = None
+    #: the same transaction one command per line (block form only), to name an offending command
+    flat: Any = None
+
+    def commands(self) -> int:
+        return self.n_commands if self.n_commands is not None else super().commands()
+
+
+def _base_header(kc: KChain) -> tuple[Any, ...]:
+    return (kc.base, kc.policy)
+
+
+def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> IncrementalTransaction:
+    """The in-place edit from ``views`` (the kernel's tables, by family) to ``gen``; raises Replace."""
+    tx = IncrementalTransaction()
+    fams = gen.families()
+    if not any(views.get(f) is not None for f in FAMILIES):
+        raise Replace("no table loaded yet")
+    total_rules = sum(v.rule_count() for v in views.values() if v is not None)
+    edits = 0
+    deletes: list[str] = []
+    adds: list[tuple[str, str, str, int, str]] = []  # (verb, family, chain, index, key)
+    chain_adds: list[str] = []
+    chain_dels: list[str] = []
+    table_dels: list[str] = []
+    for fam in FAMILIES:
+        kt = views.get(fam)
+        if fam not in fams:
+            if kt is not None:
+                table_dels.append(f"delete table {fam} {table}")
+                tx.dropped.append(fam)
+                edits += 1
+                tx.removed += kt.rule_count()
+            tx.after[fam] = None
+            continue
+        rs = gen.rulesets[fam]
+        want = wanted(rs)
+        if kt is None:  # this family's table is new: create it whole
+            after = KTable(fam, None)
+            chain_adds.append(f"add table {fam} {table}")
+            for w in want.values():
+                chain_adds.append(f"add chain {fam} {table} {w.name}" + (f" {{ {w.header} }}" if w.header else ""))
+                after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
+                for i, k in enumerate(w.keys):
+                    adds.append(("add", fam, w.name, i, k))
+                edits += 1 + len(w.keys)
+                tx.added += len(w.keys)
+            tx.after[fam] = after
+            continue
+        # chains: kept ones must be a prefix of the wanted order (nft lists chains in creation order)
+        kept_names = [n for n in kt.chains if n in want]
+        if kept_names != list(want)[:len(kept_names)]:
+            raise Replace(f"{fam}: a chain would be created before existing ones")
+        after = KTable(fam, kt.handle)
+        for n, kc in kt.chains.items():
+            if n not in want:
+                chain_dels.append(f"flush chain {fam} {table} {n}")
+                chain_dels.append(f"delete chain {fam} {table} {n}")
+                edits += 1
+                tx.removed += len(kc.keys)
+        for w in want.values():
+            kc = kt.chains.get(w.name)
+            if kc is None:
+                chain_adds.append(f"add chain {fam} {table} {w.name}" + (f" {{ {w.header} }}" if w.header else ""))
+                after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
+                for i, k in enumerate(w.keys):
+                    adds.append(("add", fam, w.name, i, k))
+                edits += 1 + len(w.keys)
+                tx.added += len(w.keys)
+                continue
+            if kc.base != w.base:
+                raise Replace(f"{fam} {w.name}: the kernel's chain has other hook settings")
+            if kc.policy != w.policy:
+                chain_adds.append(f"add chain {fam} {table} {w.name} {{ {w.header} }}")
+                edits += 1
+            if w.name == USER_CHAIN:  # the user's chain: only make sure it ends in a return
+                keys, handles = list(kc.keys), list(kc.handles)
+                if "return" not in keys:
+                    adds.append(("add", fam, w.name, len(keys), "return"))
+                    keys.append("return")
+                    handles.append(None)
+                    edits += 1
+                    tx.added += 1
+                after.chains[w.name] = KChain(w.name, w.base, w.policy, keys, handles)
+                continue
+            ed = chain_edit(kc.keys, kc.handles, w.keys)
+            if ed is None:
+                after.chains[w.name] = KChain(w.name, w.base, w.policy, list(kc.keys), list(kc.handles))
+                continue
+            deletes.extend(f"delete rule {fam} {table} {w.name} handle {h}" for h in ed.deletes)
+            for i in range(len(ed.head) - 1, -1, -1):
+                adds.append(("insert", fam, w.name, i, ed.head[i]))
+            base_i = len(w.keys) - len(ed.tail)
+            for i, k in enumerate(ed.tail):
+                adds.append(("add", fam, w.name, base_i + i, k))
+            n = len(ed.deletes) + len(ed.head) + len(ed.tail)
+            edits += n
+            tx.added += len(ed.head) + len(ed.tail)
+            tx.removed += len(ed.deletes)
+            after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), ed.handles)
+        tx.after[fam] = after
+    if edits > total_rules:
+        raise Replace(f"the edit ({edits} commands) is larger than the table ({total_rules} rules)")
+    for line in chain_adds:
+        tx.add(line)
+    for line in deletes:
+        tx.add(line)
+    for verb, fam, chain, idx, key in adds:
+        tx.add(f"{verb} rule {fam} {table} {chain} {key}", f"{chain}: {'head' if verb == 'insert' else 'tail'}")
+        tx.slots.append((fam, chain, idx))
+    for line in chain_dels + table_dels:
+        tx.add(line)
+    if not tx.lines:
+        tx.mode = "noop"
+    return tx
+
+
+# ---------------------------------------------------------------------- views: stored, listed, learnt
+
+
+def _state_path(table: str) -> Path:
+    dev, ino = netns_id()
+    return STATE_DIR / f"{dev}-{ino}-{table}.json"
+
+
+def _stored_views(table: str) -> dict[str, KTable | None] | None:
+    """The views saved after our last commit here, if nothing has committed since."""
+    try:
+        d = json.loads(_state_path(table).read_text())
+    except (OSError, ValueError):
+        return None
+    if d.get("version") != 1 or d.get("netns") != netns_id() or d.get("genid") != ruleset_genid():
+        return None
+    views: dict[str, KTable | None] = {}
+    for fam in FAMILIES:
+        t = d["tables"].get(fam)
+        if table_handle(fam, table) != (t or {}).get("handle"):
+            return None
+        views[fam] = KTable.from_json(fam, t) if t else None
+    return views
+
+
+def _prune_state() -> None:
+    """Drop stored views of namespaces that are gone (named ones, the host's and the current one are kept)."""
+    alive = {tuple(netns_id())}
+    for p in [Path("/proc/1/ns/net"), *kernel.NETNS_DIR.glob("*")] if kernel.NETNS_DIR.is_dir() else [Path("/proc/1/ns/net")]:
+        with _suppress():
+            st = p.stat()
+            alive.add((st.st_dev, st.st_ino))
+    with _suppress():
+        for f in STATE_DIR.glob("*.json"):
+            dev, _, rest = f.name.partition("-")
+            ino = rest.partition("-")[0]
+            if dev.isdigit() and ino.isdigit() and (int(dev), int(ino)) not in alive:
+                f.unlink()
+
+
+def forget(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> None:
+    """Remove the view stored for ``table`` in that namespace (call it before deleting the namespace)."""
+    with kernel.netns(netns_name), _suppress():
+        _state_path(table).unlink()
+
+
+def _store_views(table: str, views: dict[str, KTable | None] | None, genid: int | None) -> None:
+    _prune_state()
+    path = _state_path(table)
+    if views is None or genid is None or any(v is not None and v.handle is None for v in views.values()):
+        with _suppress():
+            path.unlink()
+        return
+    with _suppress():
+        STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": 1, "netns": netns_id(), "genid": genid,
+                                   "tables": {f: (v.to_json() if v is not None else None) for f, v in views.items()}},
+                                  separators=(",", ":")))
+        os.replace(tmp, path)
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, et: Any, e: Any, tb: Any) -> bool:
+        return et is not None and issubclass(et, OSError)
+
+
+def kernel_views(nft: kernel.Nft, table: str, use_state: bool = True) -> tuple[dict[str, KTable | None], str]:
+    """Both families' tables as the kernel holds them, and where that came from (state or listing)."""
+    if use_state:
+        stored = _stored_views(table)
+        if stored is not None:
+            return stored, "state"
+    views: dict[str, KTable | None] = {}
+    for fam in FAMILIES:
+        views[fam] = read_table(nft, fam, table) if table_handle(fam, table) is not None else None
+    return views, "listing"
+
+
+def plan(nft: kernel.Nft, gen: Generated, table: str = DEFAULT_TABLE, replace: bool = False) -> kernel.Transaction | None:
+    """The in-place transaction from the loaded table to ``gen``; None: do a full replace.
+
+    Call it inside the namespace, under :func:`kernel.lock`. The transaction may be empty
+    (``commands() == 0``: nothing to change). For the stored view to be kept up to date (and the
+    next plan to need no listing), commit it with :func:`commit`.
+    """
+    if replace:
+        return None
+    views, _ = kernel_views(nft, table)
+    try:
+        return diff(views, gen, table)
+    except Replace:
+        return None
+
+
+def _learn(tx: IncrementalTransaction, events: list[Event], table: str) -> dict[str, KTable | None] | None:
+    """Fill in the handles of the rules ``tx`` added, from the kernel's NEWRULE messages."""
+    new_rules = [e for e in events if e.msg == MSG_NEWRULE and e.table == table]
+    if len(new_rules) != len(tx.slots):
+        return None
+    after = tx.after
+    for ev, (fam, chain, idx) in zip(new_rules, tx.slots):
+        kt = after.get(fam)
+        if kt is None or ev.family != fam or ev.chain != chain:
+            return None
+        kt.chains[chain].handles[idx] = ev.handle
+    for fam, kt in after.items():
+        if kt is None:
+            continue
+        for ev in events:
+            if ev.msg == MSG_NEWTABLE and ev.family == fam and ev.table == table:
+                kt.handle = ev.handle
+        if kt.handle is None:
+            return None
+    return after
+
+
+def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
+    """The full replace, as :func:`kernel.full_transaction` builds it, with the view it leaves.
+
+    The text is nft's block form (``table ... { chain ... { ... } }``) after ``add table`` +
+    ``delete table``: libnftables parses it faster than one command per line, and it adds the
+    same objects in the same order. Each family's table is created anew, so the kernel numbers its
+    chains and then its rules 1, 2, ... in that order: the view's handles are known in advance.
+    ``tx.flat()`` gives the one-command-per-line form, to find an offending rule.
+    """
+    tx = IncrementalTransaction(mode="full")
+    fams = gen.families()
+    flat_parts: list[tuple[Any, ...]] = []
+    count = 0
+    for fam in FAMILIES:
+        exists = table_handle(fam, table) is not None
+        if fam not in fams:
+            if exists:
+                tx.add(f"delete table {fam} {table}")
+                tx.dropped.append(fam)
+                count += 1
+            tx.after[fam] = None
+            continue
+        users = kernel.user_rules(nft, fam, table) if exists else None
+        flat_parts.append((fam, users, exists))
+        if exists:
+            tx.add(f"add table {fam} {table}")
+            tx.add(f"delete table {fam} {table}")
+            count += 2
+        want = wanted(gen.rulesets[fam])
+        kt = KTable(fam, None)
+        tx.add(f"table {fam} {table} {{")
+        handle = len(want)
+        count += 1 + len(want)
+        for w in want.values():
+            tx.add(f"\tchain {w.name} {{")
+            if w.header:
+                tx.add(f"\t\t{w.header}")
+            keys = w.keys
+            if w.name == USER_CHAIN and users is not None:
+                keys = list(users) + ([] if "return" in users else ["return"])
+            tx.lines.extend([f"\t\t{k}" for k in keys])
+            tx.add("\t}")
+            kt.chains[w.name] = KChain(w.name, w.base, w.policy, list(keys), list(range(handle + 1, handle + 1 + len(keys))))
+            handle += len(keys)
+            count += len(keys)
+        tx.add("}")
+        tx.after[fam] = kt
+        tx.added += kt.rule_count()
+    tx.n_commands = count
+
+    def flat() -> kernel.Transaction:
+        ft = kernel.Transaction()
+        for fam in FAMILIES:
+            if fam not in fams and table_handle(fam, table) is not None:
+                ft.add(f"delete table {fam} {table}")
+        for fam, users, exists in flat_parts:
+            part = kernel.full_transaction(gen.rulesets[fam], table, users, exists)
+            base = len(ft.lines)
+            ft.lines.extend(part.lines)
+            ft.origins.update({base + k: v for k, v in part.origins.items()})
+        return ft
+
+    tx.flat = flat
+    return tx
+
+
+def commit(nft: kernel.Nft, tx: kernel.Transaction, table: str = DEFAULT_TABLE, check: bool = False,
+           monitor: Monitor | None = None, store: bool = True) -> tuple[dict[str, KTable | None] | None, int | None]:
+    """Run ``tx`` (one libnftables call); learn what the kernel holds afterwards.
+
+    Returns (views, generation id). The generation id is that of our own commit, or None when
+    another commit may have come between. Views are None when they cannot be told (check mode,
+    a plain :class:`kernel.Transaction`, lost notifications). With ``store``, views known to be
+    exact are saved for the next :func:`plan` in this namespace (any later commit, by anyone,
+    makes them stale). Raises ApplyError, naming the offending command, if the kernel refuses.
+
+    A full transaction's handles are known in advance (:func:`full`); the generation is read
+    before and after. An in-place one's come from the kernel's notifications (``monitor``, or one
+    opened here for the call).
+    """
+    views, genid = _commit(nft, tx, table, check, monitor)
+    if store and not check and tx.lines:
+        _store_views(table, views, genid)
+    return views, genid
+
+
+def _commit(nft: kernel.Nft, tx: kernel.Transaction, table: str, check: bool,
+            monitor: Monitor | None) -> tuple[dict[str, KTable | None] | None, int | None]:
+    if not isinstance(tx, IncrementalTransaction) or check:
+        _run(nft, tx, check)
+        return None, None
+    if not tx.lines:
+        return dict(tx.after), None
+    if tx.mode == "full":
+        g0 = ruleset_genid()
+        _run(nft, tx)
+        after = dict(tx.after)
+        for fam, kt in after.items():
+            if kt is not None:
+                kt.handle = table_handle(fam, table)
+        g1 = ruleset_genid()
+        return after, (g1 if g0 is not None and g1 == (g0 + 1) & 0xFFFFFFFF else None)
+    own = monitor is None
+    mon = Monitor() if own else monitor
+    assert mon is not None
+    try:
+        mon.drain()
+        _run(nft, tx)
+        got = mon.own_commit(threading.get_native_id())
+        if got is None:
+            return None, None
+        genid, events = got
+        return _learn(tx, events, table), genid
+    finally:
+        if own:
+            mon.close()
+
+
+def _extend(tx: kernel.Transaction, part: kernel.Transaction) -> None:
+    base = len(tx.lines)
+    tx.lines.extend(part.lines)
+    tx.origins.update({base + k: v for k, v in part.origins.items()})
+    if isinstance(tx, IncrementalTransaction) and tx.n_commands is not None:
+        tx.n_commands += part.commands()
+
+
+def _run(nft: kernel.Nft, tx: kernel.Transaction, check: bool = False) -> None:
+    t0 = time.perf_counter()
+    rc, _, err = nft.run(tx.text, check=check)
+    if isinstance(tx, IncrementalTransaction):
+        tx.kernel_seconds = time.perf_counter() - t0
+    if rc != 0:
+        kernel._raise_environment(err)
+        where = tx.flat() if isinstance(tx, IncrementalTransaction) and tx.flat is not None else tx
+        raise ApplyError(f"the kernel refused the transaction, nothing changed: {kernel._offending(nft, where, err)}")
+
+
+# ---------------------------------------------------------------------- apply (process to process)
+
+
+@dataclass
+class Result:
+    """What :func:`apply` did; ``commands`` counts the transaction's commands."""
+
+    families: list[str]
+    removed: list[str]
+    commands: int
+    mode: str  # full | incremental | noop
+    view: str  # where the kernel's table was read from: state | listing | none
+    added_rules: int
+    removed_rules: int
+    checked: bool
+    kept_user_rules: dict[str, int] = field(default_factory=dict)
+    reason: str = ""
+
+
+def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
+          replace: bool = False, extra: dict[str, kernel.Transaction] | None = None) -> Result:
+    """:func:`kernel.apply`, sending only the difference when the table is loaded (``replace``: always full)."""
+    kernel.check_table_name(table)
+    with kernel.lock(netns_name), kernel.netns(netns_name):
+        nft = kernel.Nft()
+        views: dict[str, KTable | None] | None = None
+        source, reason = "none", ""
+        tx: IncrementalTransaction | None = None
+        if replace:
+            reason = "--replace"
+        else:
+            views, source = kernel_views(nft, table)
+            try:
+                tx = diff(views, gen, table)
+            except Replace as e:
+                reason = str(e)
+        if tx is None:
+            tx = full(nft, gen, table)
+        if extra:
+            extras = [extra[f] for f in gen.families() if f in extra]
+            for part in extras:
+                _extend(tx, part)
+            if tx.flat is not None:
+                block_flat = tx.flat
+
+                def flat_with_extra() -> kernel.Transaction:
+                    ft = block_flat()
+                    for part in extras:
+                        _extend(ft, part)
+                    return ft
+
+                tx.flat = flat_with_extra
+        commit(nft, tx, table, check, store=not extra)  # with extra commands the view is not known
+        kept = {}
+        for fam in gen.families():
+            kt = tx.after.get(fam)
+            if kt is not None and USER_CHAIN in kt.chains:
+                kept[fam] = len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
+        return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check, kept, reason)
+
+
+# ---------------------------------------------------------------------- the long-running path
+
+
+@dataclass
+class Stats:
+    """One change made by :class:`IncrementalApplier`."""
+
+    mode: str  # fast (only the new containers' Docker calls) | diff | full | noop
+    commands: int
+    added: int
+    removed: int
+    seconds: float
+    resynced: bool = False
+    #: of ``seconds``, the time in libnftables and the kernel (parsing the commands, committing)
+    kernel_seconds: float = 0.0
+
+
+class IncrementalApplier:
+    """Keeps the model and the kernel's rule handles in memory; each change sends only its difference.
+
+    ``load(scenario)`` once (it reads the table, or the stored view, once), then
+    ``add_container`` / ``remove_container`` / ``update(scenario)`` per change, or
+    ``apply(generated, old)`` (the :class:`watch.Applier` interface). Adding containers at the end
+    of the scenario replays only their Docker calls on the kept model: no generation of the host,
+    no listing, no diff of the host; the handles of the new rules come from the kernel's
+    notifications. Changes made to the table by anyone else are noticed (the notifications of
+    their commits) and the table is read again before the next change.
+    """
+
+    def __init__(self, netns: str | None = None, table: str = DEFAULT_TABLE) -> None:
+        self.netns = netns
+        self.table = kernel.check_table_name(table)
+        self.gen: Generated | None = None
+        self.fw: IndexedFirewall | None = None
+        self.views: dict[str, KTable | None] | None = None
+        self.last: Stats | None = None
+        self._nft: kernel.Nft | None = None
+        self._mon: Monitor | None = None
+        self._netns_id: list[int] | None = None
+
+    # -------------------------------------------------------------- public
+
+    @property
+    def scenario(self) -> Scenario | None:
+        return self.gen.scenario if self.gen is not None else None
+
+    def close(self) -> None:
+        if self._mon is not None:
+            self._mon.close()
+            self._mon = None
+        self._nft = None
+
+    def __enter__(self) -> IncrementalApplier:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def load(self, scenario: Scenario, replace: bool = False) -> Stats:
+        """Take ``scenario`` as the model and bring the kernel's table to it."""
+        fw = IndexedFirewall(scenario)
+        gen = fw.run()
+        st = self._send(gen, full_replace=replace)
+        self.fw = fw
+        return st
+
+    def update(self, scenario: Scenario) -> Stats:
+        """Bring the table to ``scenario``; containers appended at its end take the fast path."""
+        old = self.gen
+        fw = self.fw
+        if (old is None or fw is None or not _only_appended(old.scenario, scenario)):
+            fw = IndexedFirewall(scenario)
+            gen = fw.run()
+            st = self._send(gen)
+            self.fw = fw
+            return st
+        return self._fast(scenario)
+
+    def add_container(self, ctr: Container) -> Stats:
+        sc = self._need_scenario()
+        return self.update(dataclasses.replace(sc, containers=sc.containers + (ctr,)))
+
+    def remove_container(self, name: str) -> Stats:
+        sc = self._need_scenario()
+        return self.update(dataclasses.replace(sc, containers=tuple(c for c in sc.containers if c.name != name)))
+
+    def apply(self, new: Generated, old: Generated | None = None) -> Stats:
+        """:class:`watch.Applier`: load ``new`` (a Generated); ``old`` is what the caller loaded before."""
+        self.fw = None  # the caller generated this one: no model to replay on
+        return self._send(new)
+
+    # -------------------------------------------------------------- internals
+
+    def _need_scenario(self) -> Scenario:
+        if self.gen is None:
+            raise NftdockerError("IncrementalApplier: load() a scenario first")
+        return self.gen.scenario
+
+    def _enter(self) -> tuple[kernel.Nft, Monitor]:
+        """Inside the namespace: the libnftables context and the monitor, made once."""
+        if self._nft is None or self._mon is None:
+            self._nft = kernel.Nft()
+            self._mon = Monitor()
+            self._netns_id = netns_id()
+            self.views = None
+        return self._nft, self._mon
+
+    def _stale(self, mon: Monitor) -> bool:
+        """Did anyone else change our table since our last commit?"""
+        mon.drain()
+        stale = mon.lost or any(e.table == self.table and e.msg != MSG_NEWGEN for e in mon.foreign)
+        mon.foreign.clear()
+        mon.lost = False
+        return stale
+
+    def _send(self, gen: Generated, full_replace: bool = False) -> Stats:
+        t0 = time.perf_counter()
+        with kernel.lock(self.netns), kernel.netns(self.netns):
+            nft, mon = self._enter()
+            resynced = False
+            if self._stale(mon) or self.views is None:
+                self.views, _ = kernel_views(nft, self.table)
+                resynced = True
+            tx: IncrementalTransaction | None = None
+            if not full_replace:
+                try:
+                    tx = diff(self.views, gen, self.table)
+                except Replace:
+                    tx = None
+            if tx is None:
+                tx = full(nft, gen, self.table)
+            self._commit(nft, mon, tx)
+        self.gen = gen
+        mode = {"incremental": "diff"}.get(tx.mode, tx.mode)
+        self.last = Stats(mode, tx.commands(), tx.added, tx.removed, time.perf_counter() - t0, resynced, tx.kernel_seconds)
+        return self.last
+
+    def _commit(self, nft: kernel.Nft, mon: Monitor, tx: IncrementalTransaction) -> None:
+        if tx.mode == "full":
+            # A full replace would flood the monitor with a notification per rule: close it for the
+            # commit, and reopen it after; the generation tells whether anything came in between.
+            mon.close()
+            self._mon = None
+            try:
+                after, genid = commit(nft, tx, self.table, store=False)
+            except Exception:
+                self.views = None
+                raise
+            finally:
+                self._mon = Monitor()
+            self.views = after if genid is not None and ruleset_genid() == genid else None
+            return
+        try:
+            after, _genid = commit(nft, tx, self.table, monitor=mon, store=False)
+        except Exception:
+            self.views = None
+            raise
+        self.views = after  # None: read the table again before the next change
+
+    def _fast(self, scenario: Scenario) -> Stats:
+        """Replay the appended containers' Docker calls on the kept model and send just those."""
+        t0 = time.perf_counter()
+        assert self.gen is not None and self.fw is not None
+        old_sc = self.gen.scenario
+        fw, gen = self.fw, self.gen
+        logs: dict[str, list] = {"ip": [], "ip6": []}
+        fw.ipt[4].log, fw.ipt[6].log = logs["ip"], logs["ip6"]  # type: ignore[attr-defined]
+        try:
+            fw.add_containers(scenario, scenario.containers[len(old_sc.containers):])
+        except Exception:
+            self.fw = None  # half-replayed: the next change starts from scratch
+            self.gen = None
+            raise
+        finally:
+            fw.ipt[4].log = fw.ipt[6].log = None  # type: ignore[attr-defined]
+        gen.scenario = scenario
+        simple = all(op in ("add", "insert", "delete") for ops in logs.values() for op, *_ in ops)
+        try:
+            with kernel.lock(self.netns), kernel.netns(self.netns):
+                nft, mon = self._enter()
+                resynced = False
+                if self._stale(mon) or self.views is None:
+                    self.views, _ = kernel_views(nft, self.table, use_state=False)
+                    resynced = True
+                fast = self._ops_transaction(gen, logs) if simple and not resynced else None
+                if fast is None:  # a new chain or policy, or the table was read again: diff the whole host
+                    try:
+                        tx = diff(self.views, gen, self.table)
+                    except Replace:
+                        tx = full(nft, gen, self.table)
+                    self._commit(nft, mon, tx)
+                    mode = "diff" if tx.mode == "incremental" else tx.mode
+                else:
+                    tx, steps = fast
+                    mode = "fast" if tx.lines else "noop"
+                    self._commit_steps(nft, mon, tx, steps)
+        except Exception:
+            self.fw = None
+            self.gen = None
+            self.views = None
+            raise
+        self.last = Stats(mode, tx.commands(), tx.added, tx.removed, time.perf_counter() - t0, resynced, tx.kernel_seconds)
+        return self.last
+
+    def _ops_transaction(self, gen: Generated, logs: dict[str, list]) -> tuple[IncrementalTransaction, list] | None:
+        """The recorded Docker calls as nft commands, and the steps to replay on the view afterwards.
+
+        None if the kept view lacks what the calls touch. A rule added and deleted again within
+        the change is left out of both.
+        """
+        views = self.views
+        assert views is not None
+        tx = IncrementalTransaction()
+        steps: list[list[Any]] = []  # [op, family, chain, key, handle or None]
+        for fam in FAMILIES:
+            ops = logs.get(fam, [])
+            if not ops:
+                continue
+            kt = views.get(fam)
+            if kt is None:
+                return None
+            rs = gen.rulesets[fam]
+            added: dict[tuple[str, str], list[list[Any]]] = {}
+            gone: set[int] = set()  # handles deleted by earlier steps of this change
+            for op, ipt_table, chain_name, r in ops:
+                name = f"{ipt_table}-{chain_name}"
+                kc = kt.chains.get(name)
+                if name == USER_CHAIN or kc is None:
+                    return None
+                key = rule_text(r, rs, ipt_table)
+                if op == "delete":
+                    mine = added.get((name, key))
+                    if mine:
+                        mine.pop()[0] = "skip"
+                        continue
+                    h, i = None, -1
+                    while h is None:
+                        try:
+                            i = kc.keys.index(key, i + 1)
+                        except ValueError:
+                            break
+                        if kc.handles[i] not in gone:
+                            h = kc.handles[i]
+                    if h is None:
+                        return None
+                    gone.add(h)
+                    steps.append(["delete", fam, name, key, h])
+                else:
+                    step = [op, fam, name, key, None]
+                    added.setdefault((name, key), []).append(step)
+                    steps.append(step)
+        for op, fam, name, key, h in steps:
+            if op == "delete":
+                tx.add(f"delete rule {fam} {self.table} {name} handle {h}")
+                tx.removed += 1
+            elif op != "skip":
+                tx.add(f"{op} rule {fam} {self.table} {name} {key}", name)
+                tx.added += 1
+        return tx, steps
+
+    def _commit_steps(self, nft: kernel.Nft, mon: Monitor, tx: IncrementalTransaction, steps: list) -> None:
+        """Send ``tx``; replay ``steps`` on the kept view with the handles the kernel gave."""
+        if not tx.lines:
+            return
+        _run(nft, tx)
+        got = mon.own_commit(threading.get_native_id())
+        new = [e for e in got[1] if e.msg == MSG_NEWRULE and e.table == self.table] if got else None
+        adds = [s for s in steps if s[0] in ("add", "insert")]
+        if new is None or len(new) != len(adds) or any(e.chain != s[2] or e.family != s[1] for e, s in zip(new, adds)):
+            self.views = None
+            return
+        for e, s in zip(new, adds):
+            s[4] = e.handle
+        views = self.views
+        assert views is not None
+        for op, fam, name, key, h in steps:
+            kc = views[fam].chains[name]  # type: ignore[union-attr]
+            if op == "add":
+                kc.keys.append(key)
+                kc.handles.append(h)
+            elif op == "insert":
+                kc.keys.insert(0, key)
+                kc.handles.insert(0, h)
+            elif op == "delete":
+                i = kc.handles.index(h)
+                del kc.keys[i]
+                del kc.handles[i]
+
+
+def _only_appended(old: Scenario, new: Scenario) -> bool:
+    """``new`` is ``old`` with containers added at the end (nothing else changed)?"""
+    if new is old:
+        return True
+    n = len(old.containers)
+    if len(new.containers) < n:
+        return False
+    same = lambda a, b: a is b or a == b  # noqa: E731
+    return (same(old.daemon, new.daemon) and same(old.host, new.host) and same(old.networks, new.networks)
+            and new.containers[:n] == old.containers)
+
+
+# ---------------------------------------------------------------------- command line (for benchmarks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nftdocker.incremental SCENARIO [--netns NS] [--replace]``: ``nftdocker apply``, incrementally."""
+    from .generate import generate
+    from .scenario import load
+
+    p = argparse.ArgumentParser(prog="python -m nftdocker.incremental")
+    p.add_argument("scenario")
+    p.add_argument("--netns")
+    p.add_argument("--table", default=DEFAULT_TABLE)
+    p.add_argument("--replace", action="store_true")
+    p.add_argument("--check", action="store_true")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    try:
+        res = apply(generate(load(args.scenario)), args.netns, args.table, check=args.check, replace=args.replace)
+    except NftdockerError as e:
+        print(f"nftdocker: {e.message}", file=sys.stderr)
+        return e.exit_status
+    if args.json:
+        print(json.dumps(dataclasses.asdict(res)))
+    else:
+        print(f"{res.mode}: {res.commands} commands (+{res.added_rules} -{res.removed_rules} rules, table read from {res.view})"
+              + (f"; full replace: {res.reason}" if res.mode == "full" and res.reason else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The ``export`` and ``watch`` subcommands (a live Docker Engine); ``register(sub)`` adds them.
+
+    nftdocker export [--docker-host URL] [--daemon-config FILE] [--ipv4-forwarding B] [-o FILE]
+    nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls] [--json]
+
+``python -m nftdocker.live_cli ARGS`` runs the whole CLI with them registered (for use before
+cli.py registers them itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def add_live_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("the Docker Engine")
+    g.add_argument("--docker-host", metavar="URL",
+                   help="the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+    g.add_argument("--daemon-config", metavar="FILE",
+                   help="dockerd's daemon.json (default: /etc/docker/daemon.json if it exists)")
+    g.add_argument("--ipv4-forwarding", choices=("true", "false"),
+                   help="[host] ipv4-forwarding: net.ipv4.ip_forward was 1 when dockerd started (default true)")
+    g.add_argument("--ipv6-forwarding", choices=("true", "false"),
+                   help="[host] ipv6-forwarding: net.ipv6.conf.all.forwarding was 1 (default false)")
+
+
+def register(sub: Any) -> None:
+    """Add ``export`` and ``watch`` to the CLI's subparsers."""
+    e = sub.add_parser("export", help="write the live Docker host as a scenario file",
+                       description="Read the networks and containers of a running Docker Engine and write them, "
+                                   "with [daemon] from its daemon.json and [host] from the flags, as a scenario "
+                                   "file (TOML) that reproduces its firewall exactly.")
+    add_live_args(e)
+    e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    e.set_defaults(func=cmd_export)
+
+    w = sub.add_parser("watch", help="keep the table in step with a running Docker Engine",
+                       description="Apply the whole table once, then follow the Engine's events and apply each "
+                                   "change (within a second); reconnect with backoff and re-sync when the daemon "
+                                   "restarts. One log line per change on standard output. SIGTERM/SIGINT stop it "
+                                   "and leave the table in place.")
+    add_live_args(w)
+    w.add_argument("--netns", metavar="NAME", help="network namespace (ip netns name); default: the current one")
+    w.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
+    w.add_argument("--sysctls", action="store_true",
+                   help="after each change also set what Docker sets beside its rules (ip_forward, route_localnet, "
+                        "bridge-nf-call, hairpin on bridge ports), as apply --sysctls does")
+    w.add_argument("--json", action="store_true", help="log JSON objects, one a line")
+    w.set_defaults(func=cmd_watch)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_scenario
+    from .live import scenario_from_live
+
+    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
+    text = export_scenario(s)
+    if args.output and args.output != "-":
+        from .errors import UsageError
+
+        tmp = Path(args.output + ".tmp")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, args.output)
+        except OSError as e:
+            raise UsageError(f"{args.output}: cannot write: {e.strerror}") from None
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .watch import Watcher
+
+    w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
+                args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        w.stop()
+
+    saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        w.run()
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The nftdocker CLI with ``export`` and ``watch`` (registered here unless cli.py already has them)."""
+    from . import cli
+
+    if register not in cli._extra_commands and not _registered(cli):
+        cli._extra_commands.append(register)
+    return cli.main(argv)
+
+
+def _registered(cli: Any) -> bool:
+    for action in cli.build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return "watch" in action.choices
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

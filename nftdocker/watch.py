@@ -1,0 +1,415 @@
+"""Follow a live Docker Engine and keep nftdocker's table in step with it.
+
+``Watcher.run()``: one full sync (read the daemon with ``live.scenario_from_live``, generate,
+``kernel.apply`` in one transaction), then the Engine's event stream (``live.events``: container
+start/stop/die/destroy, network create/destroy/connect/disconnect). Events arriving within
+``debounce`` seconds of each other (50 ms) are one change: the daemon is read again (a handful of
+API calls), the rules generated, and if they differ from what is loaded, the change is applied and
+logged as one line::
+
+    2026-11-25T12:00:00Z container start c1: +7 -0 rules (12 ms)
+
+(+/- count the rules added and removed, by comparing the old and new rulesets; the time runs
+from the first event's arrival until the kernel took the change.) A batch that changes no rule
+(the network connect that precedes a container's start, say) applies and logs nothing.
+
+When the event stream ends or the daemon stops answering, the watcher logs one line and
+reconnects with exponential backoff (0.2 s doubling to 5 s); after reconnecting it syncs fully
+again, since anything may have changed meanwhile. The table is never removed: ``stop()`` (the CLI calls it on SIGTERM/SIGINT) ends
+``run()`` within ~0.1 s and leaves the table as it is, so traffic keeps flowing across a restart
+of the watcher.
+
+Failing to reach the daemon or the kernel at the first sync raises (the CLI exits 3): a service
+manager restarts the watcher. After that, a change that cannot be generated or applied (e.g. a
+state that Docker 28.0.1 would refuse) is logged and the table left as it was; the next event or
+reconnect tries again.
+
+Applying a change: ``Watcher(applier=...)``; the default, ``make_applier``, is
+``incremental.IncrementalApplier`` (only the difference, in one transaction), else ``FullReplace``
+(``kernel.apply``: the whole table replaced in one transaction). Full syncs (start, reconnect)
+always replace the whole table with ``kernel.apply``, so that a re-sync is exact whatever happened.
+
+``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
+beside its rules (``kernel.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
+new bridge ports); only failures are logged.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Protocol
+
+from .errors import DockerError, NftdockerError
+from .render import DEFAULT_TABLE
+
+#: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
+DEBOUNCE = 0.05
+MAX_BATCH = 0.25
+BACKOFF_MIN = 0.2
+BACKOFF_MAX = 5.0
+#: How often run() looks at the stop flag while waiting.
+POLL = 0.1
+USER_CHAIN = "filter-DOCKER-USER"
+
+
+class Applier(Protocol):
+    """Loads a change into the kernel: ``apply(new, old)`` with the Generated now wanted and the
+    one loaded before (None when unknown)."""
+
+    def apply(self, new: Any, old: Any | None) -> Any: ...
+
+
+class FullReplace:
+    """Replace the whole table in one transaction (``kernel.apply``); user rules in DOCKER-USER are kept."""
+
+    def __init__(self, netns: str | None, table: str) -> None:
+        self.netns = netns
+        self.table = table
+
+    def apply(self, new: Any, old: Any | None) -> None:
+        from . import kernel
+
+        kernel.apply(new, self.netns, self.table)
+
+
+def make_applier(netns: str | None, table: str) -> Applier:
+    """The applier the watcher uses for event-driven changes (full syncs always use ``kernel.apply``).
+
+    ``nftdocker.incremental.IncrementalApplier``: keeps the kernel's rule handles in memory and
+    sends only the difference, in one transaction; it notices foreign commits (a full sync, a
+    user's ``nft`` command) through the kernel's notifications and reads the table again. Without
+    that module, ``FullReplace``.
+    """
+    try:
+        from .incremental import IncrementalApplier
+    except ImportError:
+        return FullReplace(netns, table)
+    return IncrementalApplier(netns, table)
+
+
+@dataclass
+class Change:
+    """What one sync or event batch did."""
+
+    what: str
+    added: int
+    removed: int
+    ms: float
+    applied: bool
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Item:
+    conn: int
+    kind: str  # "event" | "lost"
+    event: dict[str, Any] | None = None
+    error: DockerError | None = None
+    at: float = 0.0
+
+
+class Watcher:
+    """See the module docstring. ``log`` takes one line (text, or JSON with ``json_logs``)."""
+
+    def __init__(
+        self,
+        docker_host: str | None = None,
+        netns: str | None = None,
+        table: str = DEFAULT_TABLE,
+        daemon_config: str | None = None,
+        ipv4_forwarding: str | bool | None = None,
+        ipv6_forwarding: str | bool | None = None,
+        *,
+        log: Callable[[str], None] | None = None,
+        json_logs: bool = False,
+        applier: Applier | None = None,
+        debounce: float = DEBOUNCE,
+        max_batch: float = MAX_BATCH,
+        backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
+        sysctls: bool = False,
+    ) -> None:
+        from .kernel import check_table_name
+
+        self.docker_host = docker_host
+        self.netns = netns
+        self.table = check_table_name(table)
+        self.daemon_config = daemon_config
+        self.ipv4_forwarding = ipv4_forwarding
+        self.ipv6_forwarding = ipv6_forwarding
+        self._log = log or (lambda line: print(line, flush=True))
+        self.json_logs = json_logs
+        self.applier = applier if applier is not None else make_applier(netns, table)
+        self.debounce = debounce
+        self.max_batch = max_batch
+        self.backoff_min, self.backoff_max = backoff
+        self.sysctls = sysctls
+        self.current: Any = None  # the Generated loaded now
+        self.changes: list[Change] = []
+        self.syncs = 0
+        self.reconnects = 0
+        self._stopping = False  # a plain flag: stop() must be safe in a signal handler (no locks)
+        self._queue: queue.Queue[_Item] = queue.Queue()
+        self._conn = 0
+        self._since = 0.0
+
+    # ------------------------------------------------------------------ public
+
+    def stop(self) -> None:
+        """Make run() return soon (safe from a signal handler or another thread)."""
+        self._stopping = True
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopping
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep up to seconds, waking every POLL to look at the stop flag; True if stopped."""
+        deadline = time.monotonic() + seconds
+        while not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(POLL, left))
+        return True
+
+    def run(self) -> None:
+        """Sync, then follow events until stop(). The first sync's errors propagate."""
+        self.sync("start")
+        backoff = self.backoff_min
+        while not self._stopping:
+            self._subscribe()
+            lost = self._follow()
+            if lost is None:
+                break
+            self.emit("lost", f"lost the Docker daemon: {lost.message}; reconnecting "
+                      f"(backoff {self.backoff_min:g}..{self.backoff_max:g} s)", error=lost.message)
+            t_lost = time.monotonic()
+            attempts = 0
+            while not self._wait(backoff):
+                attempts += 1
+                try:
+                    self.reconnects += 1
+                    self.sync(f"reconnected after {time.monotonic() - t_lost:.1f} s, {attempts} attempt(s)")
+                    backoff = self.backoff_min
+                    break
+                except DockerError:
+                    backoff = min(backoff * 2, self.backoff_max)
+                except NftdockerError as e:
+                    self.emit("error", f"error: {e.message}; the table is left as it was", error=e.message)
+                    backoff = min(backoff * 2, self.backoff_max)
+        self._conn += 1  # whatever the reader thread still delivers is stale
+        close = getattr(self.applier, "close", None)
+        if callable(close):
+            close()
+        self.emit("stop", "stopped; the table is left in place")
+
+    def sync(self, reason: str) -> Change:
+        """Read the daemon and load the whole table (always a full replacement)."""
+        from . import kernel
+
+        t0 = time.monotonic()
+        self._since = time.time()
+        gen = self._generate()
+        old = self.current.rulesets if self.current is not None else self._loaded_rulesets()
+        kernel.apply(gen, self.netns, self.table)
+        ms = (time.monotonic() - t0) * 1000
+        added, removed = _rule_diff(old, gen.rulesets)
+        self.current = gen
+        self._set_sysctls(gen)
+        self.syncs += 1
+        sc = gen.scenario
+        ch = Change(f"sync ({reason})", added, removed, ms, True)
+        self.changes.append(ch)
+        self.emit("sync", f"sync ({reason}): {len(sc.networks)} networks, {len(sc.containers)} containers: "
+                          f"+{added} -{removed} rules ({ms:.0f} ms)",
+                  reason=reason, networks=len(sc.networks), containers=len(sc.containers),
+                  added=added, removed=removed, ms=round(ms, 1))
+        return ch
+
+    def emit(self, kind: str, text: str, **fields: Any) -> None:
+        now = datetime.now(timezone.utc)
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        if self.json_logs:
+            self._log(json.dumps({"time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                                  "kind": kind, "message": text, **fields}))
+        else:
+            self._log(f"{stamp} {text}")
+
+    # ------------------------------------------------------------------ internals
+
+    def _generate(self) -> Any:
+        from .generate import generate
+        from .live import scenario_from_live
+
+        return generate(scenario_from_live(self.docker_host, self.daemon_config,
+                                           self.ipv4_forwarding, self.ipv6_forwarding))
+
+    def _set_sysctls(self, gen: Any) -> None:
+        if not self.sysctls:
+            return
+        from .kernel import apply_sysctls
+
+        for attempt in (1, 2):
+            try:
+                lines = apply_sysctls(gen, self.netns)
+                break
+            except Exception as e:  # noqa: BLE001 - e.g. a bridge port that vanished mid-way (pyroute2 NetlinkError)
+                if attempt == 2:
+                    msg = f"{type(e).__name__}: {e}"
+                    self.emit("error", f"sysctls: {msg}; the rules are applied, the sysctls may be incomplete",
+                              error=msg)
+                    return
+        for line in lines:
+            if ": failed: " in line or "pyroute2 is not installed" in line:
+                self.emit("error", f"sysctl {line}", error=line)
+
+    def _loaded_rulesets(self) -> dict[str, Any]:
+        """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
+        try:
+            from .compat import rulesets_from_json
+            from .kernel import list_objects
+
+            return rulesets_from_json(list_objects(self.netns, self.table), self.table)
+        except Exception:  # noqa: BLE001 - only the log line's counts depend on it
+            return {}
+
+    def _subscribe(self) -> None:
+        """Start a reader thread for a new connection; events since the last sync began are replayed."""
+        self._conn += 1
+        conn = self._conn
+        since = f"{self._since:.6f}"
+        t = threading.Thread(target=self._reader, args=(conn, since), name=f"nftdocker-events-{conn}", daemon=True)
+        t.start()
+
+    def _reader(self, conn: int, since: str) -> None:
+        from .live import events
+
+        q = self._queue
+        try:
+            for ev in events(self.docker_host, since=since):
+                q.put(_Item(conn, "event", event=ev, at=time.monotonic()))
+                if self._stopping or conn != self._conn:
+                    return
+        except DockerError as e:
+            q.put(_Item(conn, "lost", error=e, at=time.monotonic()))
+        except Exception as e:  # noqa: BLE001 - any failure of the stream is a lost daemon
+            q.put(_Item(conn, "lost", error=DockerError(f"the event stream failed: {type(e).__name__}: {e}"),
+                        at=time.monotonic()))
+
+    def _next(self, timeout: float) -> _Item | None:
+        try:
+            item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        return item if item.conn == self._conn else None
+
+    def _follow(self) -> DockerError | None:
+        """Apply event batches until the stream is lost (returns the error) or stop() (returns None)."""
+        while not self._stopping:
+            item = self._next(POLL)
+            if item is None:
+                continue
+            if item.kind == "lost":
+                return item.error
+            batch = [item.event]
+            first = item.at
+            lost: DockerError | None = None
+            quiet_until = time.monotonic() + self.debounce
+            while True:
+                wait = min(quiet_until, first + self.max_batch) - time.monotonic()
+                if wait <= 0:
+                    break
+                nxt = self._next(wait)
+                if nxt is None:
+                    if time.monotonic() >= quiet_until:
+                        break
+                    continue
+                if nxt.kind == "lost":
+                    lost = nxt.error
+                    break
+                batch.append(nxt.event)
+                quiet_until = time.monotonic() + self.debounce
+            try:
+                self._apply_batch([e for e in batch if e is not None], first)
+            except DockerError as e:
+                return e
+            except NftdockerError as e:
+                self.emit("error", f"{_describe(batch)}: error: {e.message}; the table is left as it was",
+                          error=e.message)
+            if lost is not None:
+                return lost
+        return None
+
+    def _apply_batch(self, batch: list[dict[str, Any]], first: float) -> Change:
+        gen = self._generate()
+        old = self.current
+        changed = old is None or _signature(old) != _signature(gen)
+        stats = self.applier.apply(gen, old) if changed else None
+        ms = (time.monotonic() - first) * 1000
+        self.current = gen
+        if changed:
+            self._set_sysctls(gen)
+        added, removed = _rule_diff(old.rulesets if old is not None else {}, gen.rulesets)
+        what = _describe(batch)
+        ch = Change(what, added, removed, ms, changed, list(batch))
+        self.changes.append(ch)
+        if not changed:
+            return ch  # e.g. the network connect that precedes a container's start: nothing to log
+        self.emit("change", f"{what}: +{added} -{removed} rules ({ms:.0f} ms)",
+                  events=[{k: e.get(k) for k in ("type", "action", "id")} | {"name": e.get("attributes", {}).get("name")}
+                          for e in batch],
+                  added=added, removed=removed, ms=round(ms, 1),
+                  **({"apply_mode": stats.mode, "commands": stats.commands} if hasattr(stats, "mode") else {}))
+        return ch
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _signature(gen: Any) -> Any:
+    from .render import render_json_objects
+
+    return render_json_objects([gen.rulesets[f] for f in ("ip", "ip6")])
+
+
+def _rule_counter(rulesets: dict[str, Any]) -> Counter:
+    c: Counter = Counter()
+    for fam, rs in rulesets.items():
+        for (t, n), ch in rs.chains.items():
+            if ch.nft_name == USER_CHAIN:
+                continue  # its user rules are kept on every change
+            for r in ch.rules:
+                c[(fam, t, n, r)] += 1
+    return c
+
+
+def _rule_diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[int, int]:
+    """(rules added, rules removed) from old to new, as multisets per chain (DOCKER-USER left out)."""
+    a, b = _rule_counter(old), _rule_counter(new)
+    return sum((b - a).values()), sum((a - b).values())
+
+
+def _describe(batch: list[dict[str, Any] | None]) -> str:
+    """``container start c1`` / ``network create n1, container start c1``; a network connect or
+    disconnect of a container that has its own event in the batch is left out."""
+    evs = [e for e in batch if e]
+    ctr_ids = {e.get("id") for e in evs if e.get("type") == "container"}
+    parts: list[str] = []
+    for e in evs:
+        attrs = e.get("attributes") or {}
+        if e.get("type") == "network" and e.get("action") in ("connect", "disconnect") and attrs.get("container") in ctr_ids:
+            continue
+        name = attrs.get("name") or str(e.get("id", ""))[:12]
+        text = f"{e.get('type')} {e.get('action')} {name}"
+        if text not in parts:
+            parts.append(text)
+    return ", ".join(parts) or "events"
+
+
+__all__ = ["Watcher", "Change", "Applier", "FullReplace", "make_applier"]
