@@ -103,21 +103,16 @@ class Masquerade:
 Action = Union[Verdict, Jump, Dnat, Snat, Masquerade]
 
 
-def _order(m: Match) -> tuple[int, int]:
-    match m:
-        case Addr(dir=d):
-            return (0, 0 if d == "s" else 1)
-        case Iface(dir=d):
-            return (1, 0 if d == "i" else 1)
-        case L4Proto():
-            return (2, 0)
-        case Port(dir=d):
-            return (3, 0 if d == "s" else 1)
-        case AddrTypeLocal():
-            return (4, 0)
-        case CtState():
-            return (5, 0)
-    raise TypeError(m)
+_RANK: dict[type, int] = {Addr: 0, Iface: 2, L4Proto: 4, Port: 5, AddrTypeLocal: 7, CtState: 8}
+_DIRECTED = (0, 2, 5)  # Addr, Iface, Port: source/in before destination/out
+
+
+def _order(m: Match) -> int:
+    """iptables' canonical argument order: -s -d -i -o -p --sport --dport -m addrtype -m conntrack."""
+    r = _RANK[m.__class__]
+    if r in _DIRECTED and m.dir in ("d", "o"):  # type: ignore[union-attr]
+        r += 1
+    return r
 
 
 @dataclass(frozen=True)
