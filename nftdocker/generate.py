@@ -64,6 +64,9 @@ LOOPBACK4 = ip_network("127.0.0.0/8")
 LOOPBACK6 = ip_network("::1/128")
 LINK_LOCAL6 = ip_network("fe80::/10")
 
+ANY_V4 = IPv4Address("0.0.0.0")
+ANY_V6 = IPv6Address("::")
+
 # Linux's default net.ipv4.ip_local_port_range, which Docker's port allocator reads.
 EPHEMERAL_PORTS = (32768, 60999)
 
@@ -405,7 +408,7 @@ class Firewall:
         """port_mapping_linux.go addPortMappings: sort, expand per family, allocate host ports, program rules."""
         if not ctr.publish:
             return []
-        def_host_ip: IPAddress = net.host_binding if net.host_binding is not None else IPv4Address("0.0.0.0")
+        def_host_ip: IPAddress = net.host_binding if net.host_binding is not None else ANY_V4
         cfg = sorted(ctr.publish, key=_pb_sort_key)
         disable_nat = {4: net.gw_mode4 == "routed", 6: net.gw_mode6 == "routed"}
         out: list[Binding] = []
@@ -631,9 +634,9 @@ def _configure_binding_v4(
     if hip is None:
         if def_host_ip.version != 4:
             return None
-        hip = IPv4Address("0.0.0.0") if disable_nat else def_host_ip
+        hip = ANY_V4 if disable_nat else def_host_ip
     if disable_nat and not hip.is_unspecified:
-        hip = IPv4Address("0.0.0.0")
+        hip = ANY_V4
     return hip, cip
 
 
@@ -647,14 +650,14 @@ def _configure_binding_v6(
     if hip is not None and hip.version != 6:
         return None
     if hip is None:
-        if def_host_ip == IPv4Address("0.0.0.0"):
-            hip = IPv6Address("::")
+        if def_host_ip == ANY_V4:
+            hip = ANY_V6
         elif def_host_ip.version == 6:
-            hip = IPv6Address("::") if disable_nat else def_host_ip
+            hip = ANY_V6 if disable_nat else def_host_ip
         else:
             return None
     if disable_nat and not hip.is_unspecified:
-        hip = IPv6Address("::")
+        hip = ANY_V6
     return hip, cip
 
 
