@@ -581,16 +581,20 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> Increme
             continue
         rs = gen.rulesets[fam]
         want = wanted(rs)
+        def new_chain(w: WChain, after: KTable) -> int:
+            """Create chain ``w`` whole; returns the edits it costs."""
+            chain_adds.append(f"add chain {fam} {table} {w.name}" + (f" {{ {w.header} }}" if w.header else ""))
+            after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
+            for i, k in enumerate(w.keys):
+                adds.append(("add", fam, w.name, i, k))
+            tx.added += len(w.keys)
+            return 1 + len(w.keys)
+
         if kt is None:  # this family's table is new: create it whole
             after = KTable(fam, None)
             chain_adds.append(f"add table {fam} {table}")
             for w in want.values():
-                chain_adds.append(f"add chain {fam} {table} {w.name}" + (f" {{ {w.header} }}" if w.header else ""))
-                after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
-                for i, k in enumerate(w.keys):
-                    adds.append(("add", fam, w.name, i, k))
-                edits += 1 + len(w.keys)
-                tx.added += len(w.keys)
+                edits += new_chain(w, after)
             tx.after[fam] = after
             continue
         # chains: kept ones must be a prefix of the wanted order (nft lists chains in creation order)
@@ -607,12 +611,7 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> Increme
         for w in want.values():
             kc = kt.chains.get(w.name)
             if kc is None:
-                chain_adds.append(f"add chain {fam} {table} {w.name}" + (f" {{ {w.header} }}" if w.header else ""))
-                after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
-                for i, k in enumerate(w.keys):
-                    adds.append(("add", fam, w.name, i, k))
-                edits += 1 + len(w.keys)
-                tx.added += len(w.keys)
+                edits += new_chain(w, after)
                 continue
             if kc.base != w.base:
                 raise Replace(f"{fam} {w.name}: the kernel's chain has other hook settings")
