@@ -20,6 +20,7 @@ from ipaddress import (
     ip_interface,
     ip_network,
 )
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -232,6 +233,26 @@ def default_bridge(daemon: Daemon) -> Network | None:
         host_binding=None if daemon.ip == IPv4Address("0.0.0.0") else daemon.ip,
         default_bridge=True,
     )
+
+
+def default_ipv4_pools() -> Iterable[IPv4Network]:
+    """Docker's default address pools (ipamutils): 172.17-31.0.0/16, then 192.168.0.0/16 in /20s."""
+    for second in range(17, 32):
+        yield IPv4Network(f"172.{second}.0.0/16")
+    yield from IPv4Network("192.168.0.0/16").subnets(new_prefix=20)
+
+
+def with_default_ipv4_pool(net: Network, earlier: list[Network]) -> Network:
+    """A network listed with only an IPv6 subnet still gets IPv4 from Docker's default pools.
+
+    Docker (defaultipam allocatePredefinedPool) takes the first default pool that overlaps no
+    existing network's subnet; its gateway is the pool's first address.
+    """
+    taken = [s for n in earlier for s in n.subnets4]
+    for pool in default_ipv4_pools():
+        if not any(pool.overlaps(t) for t in taken):
+            return replace(net, subnets4=(pool,), gateways4=(pool.network_address + 1,))
+    return net
 
 
 def _first_host(net: IPv4Network | IPv6Network) -> IPAddress:
@@ -576,7 +597,10 @@ def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = Non
         networks = [dflt] if dflt else []
         raw_nets = _expect(ctx, "networks", doc.get("networks", []), list)
         for i, rn in enumerate(raw_nets):
-            networks.append(parse_network(ctx, rn, i, {}))
+            net = parse_network(ctx, rn, i, {})
+            if not net.subnets4:
+                net = with_default_ipv4_pool(net, networks)
+            networks.append(net)
         names = {n.name for n in networks}
         containers = []
         raw_ctrs = _expect(ctx, "containers", doc.get("containers", []), list)

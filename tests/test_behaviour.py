@@ -227,3 +227,18 @@ def test_ipv6_host_binding_to_ipv4_container_makes_only_the_raw_drop():
     v4, v6, _ = compat(net1() + ctr("c1", publish=["[::]:8080:80"]))
     assert "-A PREROUTING -d 192.0.2.2/32 ! -i bridge1 -p tcp -m tcp --dport 80 -j DROP" in v4
     assert "DNAT" not in v4 + v6
+
+
+def test_ipv6_only_subnet_still_gets_docker_default_ipv4_pool():
+    """docker network create --ipv6 --subnet 2001:db8:3::/64: IPv4 comes from the default pools (172.18.0.0/16 next to docker0)."""
+    doc = '''
+[[networks]]
+name = "v6"
+ipv6 = true
+subnets = ["2001:db8:3::/64"]
+options = { "com.docker.network.bridge.name" = "brv6" }
+''' + ctr("c1", nets=("v6",), publish=["8080:80"])
+    v4, v6, gen = compat(doc)
+    assert "-A POSTROUTING -s 172.18.0.0/16 ! -o brv6 -j MASQUERADE" in v4
+    assert "--dport 8080 -j DNAT --to-destination 172.18.0.2:80" in v4
+    assert "DNAT --to-destination [2001:db8:3::2]:80" in v6
