@@ -554,7 +554,7 @@ class Firewall:
             ep = self.create_endpoint(ctr, net)
             eps[(ctr.name, net.name)] = ep
             mine.append((net, ep))
-        gw = _gateway_endpoint(mine)
+        gw = _gateway_endpoint(mine, dict(ctr.gw_priority))
         if gw is None:
             return
         net, ep = gw
@@ -585,16 +585,18 @@ def generate(scenario: Scenario) -> Generated:
 # ---------------------------------------------------------------------- helpers
 
 
-def _gateway_endpoint(eps: list[tuple[Network, Endpoint]]) -> tuple[Network, Endpoint] | None:
+def _gateway_endpoint(eps: list[tuple[Network, Endpoint]], priority: dict[str, int] | None = None) -> tuple[Network, Endpoint] | None:
     """sandbox.go Less + default_gateway.go selectGatewayEndpoint: the endpoint that gets the port mappings.
 
-    Endpoints rank by: not docker_gwbridge, not internal, more gateways (dual-stack first), network
-    name. Internal networks have no gateway and never win. (GwPriority is not modelled: all 0.)
+    Endpoints rank by: higher GwPriority, not docker_gwbridge, not internal, more gateways
+    (dual-stack first), network name. Internal networks have no gateway and never win.
     """
+    priority = priority or {}
     def gateways(net: Network) -> int:
         return int(net.enable_ipv4) + int(net.enable_ipv6)
 
-    ranked = sorted(eps, key=lambda t: (t[0].bridge == "docker_gwbridge", t[0].internal, -gateways(t[0]), t[0].name))
+    ranked = sorted(eps, key=lambda t: (-priority.get(t[0].name, 0), t[0].bridge == "docker_gwbridge", t[0].internal,
+                                        -gateways(t[0]), t[0].name))
     for net, ep in ranked:
         if not net.internal and gateways(net):
             return net, ep

@@ -118,6 +118,7 @@ class Container:
     addresses: tuple[tuple[str, IPAddress], ...] = ()
     expose: tuple[tuple[int, Proto], ...] = ()
     links: tuple[Link, ...] = ()
+    gw_priority: tuple[tuple[str, int], ...] = ()  # docker run --gw-priority, per network (inspect only)
 
 
 @dataclass(frozen=True)

@@ -774,6 +774,7 @@ def _container_from_inspect(
     names.sort(key=lambda n: (n != mode, n))
     networks: list[str] = []
     addrs: list[tuple[str, IPAddress]] = []
+    prio: list[tuple[str, int]] = []
     for n in names:
         ep = nets_raw[n] or {}
         nkey = f"{where}.NetworkSettings.Networks.{n}"
@@ -782,6 +783,9 @@ def _container_from_inspect(
         if not ep.get("IPAddress") and not ep.get("GlobalIPv6Address"):
             continue  # not running: no endpoint
         networks.append(n)
+        gwp = ep.get("GwPriority")
+        if isinstance(gwp, int) and not isinstance(gwp, bool) and gwp:
+            prio.append((n, gwp))
         if ep.get("IPAddress"):
             addrs.append((n, _addr(ctx, f"{nkey}.IPAddress", ep["IPAddress"])))
         if ep.get("GlobalIPv6Address"):
@@ -804,6 +808,7 @@ def _container_from_inspect(
         addresses=tuple(addrs),
         expose=tuple(sorted(set(expose))),  # type: ignore[arg-type]
         links=tuple(links),
+        gw_priority=tuple(prio),
     )
 
 
