@@ -114,3 +114,12 @@ def test_pure_commands_need_only_the_standard_library():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("LOADED []")
+
+
+def test_explain_names_each_rules_origin():
+    r = run("render", SEED, "--explain")
+    assert r.returncode == 0, r.stderr
+    line = next(l for l in r.stdout.splitlines() if "dnat to 192.0.2.2:80" in l)
+    assert 'comment "setPerPortNAT[bridge1 c1 8080->80/tcp] DNAT"' in line
+    rules = [l for l in r.stdout.splitlines() if l.startswith("\t\t") and not l.strip().startswith("type ")]
+    assert rules and all(' comment "' in l for l in rules)
