@@ -12,7 +12,6 @@ Pure: no I/O, deterministic.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 from typing import Iterable, Literal
@@ -105,7 +104,7 @@ class Iptables:
 
     def __init__(self, family: Literal["ip", "ip6"]) -> None:
         self.rs = Ruleset(family)
-        self.count: dict[tuple[str, str], Counter[Rule]] = {}
+        self.count: dict[tuple[str, str], dict[Rule, int]] = {}
 
     def chain(self, table: str, name: str) -> Chain:
         key = (table, name)
@@ -115,7 +114,7 @@ class Iptables:
             if c.builtin:
                 c.policy = "ACCEPT"
             self.rs.chains[key] = c
-            self.count[key] = Counter()
+            self.count[key] = {}
         return c
 
     def new_chain(self, table: str, name: str) -> None:
@@ -124,29 +123,32 @@ class Iptables:
 
     def has(self, table: str, chain: str, r: Rule) -> bool:
         cnt = self.count.get((table, chain))
-        return cnt is not None and cnt[r] > 0
+        return cnt is not None and r in cnt
 
     def append(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Append: ``-C`` then ``-A`` if absent."""
         c = self.chain(table, chain)
         cnt = self.count[(table, chain)]
-        if not cnt[r]:
+        if r not in cnt:
             c.rules.append(r)
-            cnt[r] += 1
+            cnt[r] = 1
 
     def insert(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Insert: ``-C`` then ``-I`` (position 1) if absent."""
         c = self.chain(table, chain)
         cnt = self.count[(table, chain)]
-        if not cnt[r]:
+        if r not in cnt:
             c.rules.insert(0, r)
-            cnt[r] += 1
+            cnt[r] = 1
 
     def delete(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Delete: ``-D`` if present (the first copy)."""
-        if self.has(table, chain, r):
+        cnt = self.count.get((table, chain))
+        if cnt is not None and r in cnt:
             self.rs.chains[(table, chain)].rules.remove(r)
-            self.count[(table, chain)][r] -= 1
+            cnt[r] -= 1
+            if not cnt[r]:
+                del cnt[r]
 
     def ensure_jump(self, table: str, src: str, dst: str, origin: str) -> None:
         """iptables.EnsureJumpRule: delete ``-j dst`` if present, then insert it at the top."""
