@@ -64,7 +64,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .render import render_json, render_nft
 
     gen = generate(load_scenario(args))
-    rss = [gen.rulesets[f] for f in gen.families()]
+    rss = gen.rulesets
     if args.format == "json":
         _write(args, render_json(rss, args.table))
     else:
@@ -77,32 +77,27 @@ def cmd_compat(args: argparse.Namespace) -> int:
 
     family = "ip6" if args.ipv6 else "ip"
     if args.scenario or args.docker_host:
+        from .compat import compat_of
         from .generate import generate
-        from .render import render_json_objects
 
-        gen = generate(load_scenario(args))
-        objs = render_json_objects([gen.rulesets[f] for f in gen.families()], args.table)
+        _write(args, compat_of(generate(load_scenario(args)), family, args.table))
     else:
         from .kernel import list_objects
 
-        objs = list_objects(args.netns, args.table)
-    _write(args, compat_text(objs, family, args.table))
+        _write(args, compat_text(list_objects(args.netns, args.table), family, args.table))
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .compat import compat_text
+    from .compat import compat_of
     from .generate import generate
     from .reference import diff
-    from .render import render_json_objects
 
     try:
         ref_text = Path(args.reference).read_text(encoding="utf-8", errors="replace")
     except OSError as e:
         raise UsageError(f"{args.reference}: cannot read: {e.strerror}") from None
-    gen = generate(load_scenario(args))
-    objs = render_json_objects([gen.rulesets[f] for f in gen.families()], args.table)
-    ours = compat_text(objs, "ip6" if args.ipv6 else "ip", args.table)
+    ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
     if args.json:
         print(json.dumps({"identical": not lines, "tables": tables, "diff": lines}, indent=2))

@@ -33,7 +33,7 @@ from .ir import (
     Snat,
     Verdict,
 )
-from .render import DEFAULT_TABLE
+from .render import DEFAULT_TABLE, render_json_objects
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 _PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
@@ -275,3 +275,8 @@ def compat_text(objs: Iterable[dict[str, Any]], family: str, table: str = DEFAUL
     rulesets = rulesets_from_json(objs, table)
     rs = rulesets.get(family)
     return save_text(rs) if rs is not None else ""
+
+
+def compat_of(gen, family: str, table: str = DEFAULT_TABLE) -> str:
+    """The iptables-save text of a generated host: its nft table, in JSON form, translated back."""
+    return compat_text(render_json_objects(gen.rulesets, table), family, table)

@@ -234,7 +234,7 @@ def _publish_strings(specs: list[PortSpec]) -> list[str]:
 def _signature(gen: Any) -> Any:
     from .render import render_json_objects
 
-    return render_json_objects([gen.rulesets[f] for f in ("ip", "ip6")])
+    return render_json_objects(gen.rulesets)
 
 
 def _reproduces(text: str, want: Any) -> bool:

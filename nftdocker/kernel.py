@@ -368,11 +368,6 @@ def list_text(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> str:
         return "".join(out)
 
 
-def list_ruleset_json(netns_name: str | None = None) -> list[dict[str, Any]]:
-    with netns(netns_name):
-        return Nft().list_json("list ruleset")
-
-
 # ---------------------------------------------------------------------- sysctls
 
 

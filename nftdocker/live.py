@@ -42,25 +42,22 @@ def fetch_inspect(docker_host: str | None = None, *, timeout: float = DEFAULT_TI
     ``unix:///var/run/docker.sock``.
     """
     with _client(docker_host, timeout) as (client, url, docker_errors):
-        with _translate(url, timeout, "listing networks"):
-            listed = client.networks()
-        networks = []
-        for n in listed:
-            with _translate(url, timeout, f"inspecting network {n.get('Name') or n['Id']}"):
-                try:
-                    networks.append(client.inspect_network(n["Id"]))
-                except docker_errors.NotFound:
-                    continue
+        def inspect_all(kind: str, listed_by: Any, inspect: Any, label: Any) -> list[dict[str, Any]]:
+            """List objects, then inspect each; one removed in between is skipped."""
+            with _translate(url, timeout, f"listing {kind}s"):
+                listed = listed_by()
+            out = []
+            for o in listed:
+                with _translate(url, timeout, f"inspecting {kind} {label(o)}"):
+                    try:
+                        out.append(inspect(o["Id"]))
+                    except docker_errors.NotFound:
+                        continue
+            return out
+
+        networks = inspect_all("network", client.networks, client.inspect_network, lambda n: n.get("Name") or n["Id"])
         networks.sort(key=lambda n: str(n.get("Name", "")))
-        with _translate(url, timeout, "listing containers"):
-            listed = client.containers()
-        containers = []
-        for c in listed:
-            with _translate(url, timeout, f"inspecting container {c['Id'][:12]}"):
-                try:
-                    containers.append(client.inspect_container(c["Id"]))
-                except docker_errors.NotFound:
-                    continue
+        containers = inspect_all("container", client.containers, client.inspect_container, lambda c: c["Id"][:12])
     return {"networks": networks, "containers": containers}
 
 

@@ -194,8 +194,6 @@ def parse_daemon(ctx: _Ctx, raw: Any, where: str = "daemon") -> Daemon:
     daemon = Daemon(**kw)
     if not daemon.iptables and not daemon.icc:
         raise ctx.fail(f"{where}.icc", "dockerd refuses icc = false together with iptables = false")
-    if not daemon.iptables and daemon.ip_masq and "ip-masq" in table:
-        pass  # dockerd silently forces ip-masq off; nothing is generated for IPv4 anyway
     if daemon.ipv6 and daemon.fixed_cidr_v6 is None and daemon.bridge != "none":
         raise ctx.fail(f"{where}.ipv6", "ipv6 = true needs fixed-cidr-v6 for the default bridge")
     return daemon
@@ -759,9 +757,6 @@ def _container_from_inspect(
 ) -> Container:
     name = str(o.get("Name", "")).lstrip("/")
     _check_name(ctx, f"{where}.Name", name, "container")
-    state = o.get("State") or {}
-    if isinstance(state, dict) and state and not state.get("Running", True):
-        pass  # stopped containers have no endpoints; their Networks show no addresses
     settings = o.get("NetworkSettings") or {}
     _expect(ctx, f"{where}.NetworkSettings", settings, dict)
     nets_raw = settings.get("Networks") or {}

@@ -779,7 +779,7 @@ def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6
     from .compat import compat_text
     from .render import render_json_objects
 
-    objs = render_json_objects([gen.rulesets[f] for f in gen.families()], table)
+    objs = render_json_objects(gen.rulesets, table)
     src: dict[str, str] = {}
     texts = []
     for fam, ref, name in (("ip", reference4, names[0]), ("ip6", reference6, names[1])):

@@ -375,7 +375,7 @@ class Watcher:
 def _signature(gen: Any) -> Any:
     from .render import render_json_objects
 
-    return render_json_objects([gen.rulesets[f] for f in ("ip", "ip6")])
+    return render_json_objects(gen.rulesets)
 
 
 def _rule_counter(rulesets: dict[str, Any]) -> Counter:

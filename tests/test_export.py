@@ -23,7 +23,7 @@ SCENARIO_FILES = sorted(
 
 def _objs(s):
     gen = generate(s)
-    return render_json_objects([gen.rulesets[f] for f in ("ip", "ip6")])
+    return render_json_objects(gen.rulesets)
 
 
 def _roundtrip(s, tmp_path: Path | None = None):

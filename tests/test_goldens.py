@@ -16,7 +16,7 @@ from nftdocker.scenario import load
 @pytest.mark.parametrize("case", CASES)
 def test_goldens(case, golden):
     gen = generate(load(RULESETS / case / "scenario.toml"))
-    rss = [gen.rulesets[f] for f in gen.families()]
+    rss = gen.rulesets
     golden.check(RULESETS / case / "ruleset.nft", render_nft(rss))
     golden.check(RULESETS / case / "ruleset.json", render_json(rss))
     objs = render_json_objects(rss)

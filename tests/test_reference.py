@@ -10,17 +10,15 @@ from __future__ import annotations
 import pytest
 
 from conftest import CASES, COMPAT, RULESETS, SHARED_REFERENCE, strip_comments
-from nftdocker.compat import compat_text
+from nftdocker.compat import compat_of
 from nftdocker.generate import generate
-from nftdocker.render import render_json_objects
 from nftdocker.scenario import load
 
 FAMILIES = {"ip": "iptables-save.txt", "ip6": "ip6tables-save.txt"}
 
 
-def compat_of(path, family):
-    gen = generate(load(path))
-    return compat_text(render_json_objects([gen.rulesets[f] for f in gen.families()]), family)
+def compat_of_file(path, family):
+    return compat_of(generate(load(path)), family)
 
 
 @pytest.mark.parametrize("source", ["scenario.toml", "from-inspect.toml"])
@@ -28,7 +26,7 @@ def compat_of(path, family):
 @pytest.mark.parametrize("case", CASES)
 def test_compat_matches_docker(case, family, source):
     want = strip_comments((COMPAT / case / FAMILIES[family]).read_text())
-    got = compat_of(RULESETS / case / source, family)
+    got = compat_of_file(RULESETS / case / source, family)
     assert got == want
 
 

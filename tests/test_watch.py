@@ -53,7 +53,7 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 
 def _compat(s) -> dict[str, str]:
     gen = generate(s)
-    objs = render_json_objects([gen.rulesets[f] for f in gen.families()], TABLE)
+    objs = render_json_objects(gen.rulesets, TABLE)
     return {fam: compat_text(objs, fam, TABLE) for fam in ("ip", "ip6")}
 
 
