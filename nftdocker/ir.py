@@ -10,94 +10,100 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Literal, Union
+from typing import Literal, NamedTuple, Union
 
 Dir = Literal["s", "d"]
 
 
-@dataclass(frozen=True)
-class Addr:
+# Matches and actions are tuples (C-speed hashing and equality: generation checks every rule
+# against its chain, as Docker's ``-C`` does). The ``tag`` field, last and never passed, keeps
+# two kinds apart whose other fields happen to be equal.
+
+
+class Addr(NamedTuple):
     """``[!] -s/-d PREFIX`` / ``ip saddr/daddr [!=] PREFIX``."""
 
     dir: Dir
     net: IPv4Network | IPv6Network
     negate: bool = False
+    tag: str = "addr"
 
 
-@dataclass(frozen=True)
-class Iface:
+class Iface(NamedTuple):
     """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``."""
 
     dir: Literal["i", "o"]
     name: str
     negate: bool = False
+    tag: str = "iface"
 
 
-@dataclass(frozen=True)
-class L4Proto:
+class L4Proto(NamedTuple):
     """``-p PROTO`` with no port / ``meta l4proto PROTO``."""
 
     proto: str  # tcp udp sctp icmp ipv6-icmp
+    tag: str = "l4proto"
 
 
-@dataclass(frozen=True)
-class Port:
+class Port(NamedTuple):
     """``-p PROTO -m PROTO --sport/--dport N`` / ``PROTO sport/dport N``."""
 
     proto: str
     dir: Dir
     port: int
+    tag: str = "port"
 
 
-@dataclass(frozen=True)
-class AddrTypeLocal:
+class AddrTypeLocal(NamedTuple):
     """``-m addrtype --src-type/--dst-type LOCAL`` / ``fib saddr/daddr type local``."""
 
     dir: Dir
+    tag: str = "addrtype"
 
 
-@dataclass(frozen=True)
-class CtState:
+class CtState(NamedTuple):
     """``-m conntrack --ctstate RELATED,ESTABLISHED`` / ``ct state related,established``."""
 
     states: tuple[str, ...] = ("RELATED", "ESTABLISHED")
+    tag: str = "ctstate"
 
 
 Match = Union[Addr, Iface, L4Proto, Port, AddrTypeLocal, CtState]
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(NamedTuple):
     """``-j ACCEPT|DROP|RETURN``."""
 
     kind: Literal["ACCEPT", "DROP", "RETURN"]
+    tag: str = "verdict"
 
 
-@dataclass(frozen=True)
-class Jump:
+class Jump(NamedTuple):
     """``-j CHAIN``: a chain of the same iptables table."""
 
     chain: str
+    tag: str = "jump"
 
 
-@dataclass(frozen=True)
-class Dnat:
+class Dnat(NamedTuple):
     """``-j DNAT --to-destination ADDR:PORT``."""
 
     addr: IPv4Address | IPv6Address
     port: int | None = None
+    tag: str = "dnat"
 
 
-@dataclass(frozen=True)
-class Snat:
+class Snat(NamedTuple):
     """``-j SNAT --to-source ADDR``."""
 
     addr: IPv4Address | IPv6Address
+    tag: str = "snat"
 
 
-@dataclass(frozen=True)
-class Masquerade:
+class Masquerade(NamedTuple):
     """``-j MASQUERADE``."""
+
+    tag: str = "masquerade"
 
 
 Action = Union[Verdict, Jump, Dnat, Snat, Masquerade]
@@ -111,29 +117,40 @@ def _order(m: Match) -> int:
     """iptables' canonical argument order: -s -d -i -o -p --sport --dport -m addrtype -m conntrack."""
     r = _RANK[m.__class__]
     if r in _DIRECTED and m.dir in ("d", "o"):  # type: ignore[union-attr]
-        r += 1
+        return r + 1
     return r
 
 
-@dataclass(frozen=True)
 class Rule:
-    """One rule: matches in canonical order, one action, and where it came from."""
+    """One rule: matches in canonical order, one action, and where it came from.
 
-    matches: tuple[Match, ...]
-    action: Action
-    origin: str = field(default="", compare=False, hash=False)
+    Equal (and hashed) by matches and action, not origin. Immutable by convention: a plain class
+    with slots, since generation builds tens of thousands and checks each against its chain.
+    """
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "matches", tuple(sorted(self.matches, key=_order)))
-        object.__setattr__(self, "_hash", hash((self.matches, self.action)))
+    __slots__ = ("matches", "action", "origin", "_hash")
 
-    def __hash__(self) -> int:  # cached: rules are hashed on every insert/append check
-        return self._hash  # type: ignore[attr-defined]
+    def __init__(self, matches: tuple[Match, ...], action: Action, origin: str = "") -> None:
+        self.matches: tuple[Match, ...] = tuple(sorted(matches, key=_order)) if len(matches) > 1 else tuple(matches)
+        self.action = action
+        self.origin = origin
+        self._hash = hash((self.matches, action))
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not Rule:
+            return NotImplemented
+        return self._hash == other._hash and self.matches == other.matches and self.action == other.action  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __repr__(self) -> str:
+        return f"Rule(matches={self.matches!r}, action={self.action!r}, origin={self.origin!r})"
 
 
 def rule(*matches: Match | None, action: Action, origin: str = "") -> Rule:
-    """Build a rule, dropping ``None`` matches (for optional terms)."""
-    return Rule(tuple(m for m in matches if m is not None), action, origin)
+    """Build a rule, dropping ``None`` matches (for optional terms; a match is never falsy: it has a tag)."""
+    return Rule(tuple(filter(None, matches)), action, origin)
 
 
 @lru_cache(maxsize=65536)
