@@ -110,30 +110,31 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from . import kernel
-    from .generate import generate
-
-    gen = generate(load_scenario(args))
     from . import incremental
 
-    res = incremental.apply(gen, args.netns, args.table, check=args.check, replace=args.replace)
+    res = incremental.apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
+                                     sysctls=args.sysctls)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
         "tables": [f"{f} {args.table}" for f in res.families],
         "removed": [f"{f} {args.table}" for f in res.removed],
         "commands": res.commands,
-        "mode": getattr(res, "mode", "full"),
+        "mode": res.mode,
         "kept_user_rules": res.kept_user_rules,
+        "generation": res.generation,
+        "replayed_containers": res.replayed,
     }
-    if args.sysctls and not args.check:
-        report["sysctls"] = kernel.apply_sysctls(gen, args.netns)
+    if res.sysctls is not None:
+        report["sysctls"] = res.sysctls
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     where = f" in netns {args.netns}" if args.netns else ""
     verb = "kernel accepted (nothing changed)" if res.checked else "applied"
     how = {"incremental": "only the difference", "noop": "already up to date", "full": "full replace"}.get(report["mode"], report["mode"])
+    if res.generation == "resumed":
+        how += f"; {res.replayed} new container(s) replayed on the last apply's state"
     print(f"{verb}: table {', table '.join(report['tables'])}{where} ({res.commands} commands, one transaction; {how})")
     for fam, n in res.kept_user_rules.items():
         if n:

@@ -177,6 +177,7 @@ class Firewall:
         self.hairpin_ports: list[str] = []
         self.networks = {n.name: n for n in scenario.networks}
         self.containers = {c.name: c for c in scenario.containers}
+        self.eps: dict[tuple[str, str], Endpoint] = {}  # (container, network) -> its endpoint, for links
 
     def enabled(self, v: V) -> bool:
         return self.daemon.iptables if v == 4 else self.daemon.ip6tables
@@ -572,9 +573,18 @@ class Firewall:
         self.start_daemon()
         for net in self.sc.networks:
             self.create_network(net)
-        eps: dict[tuple[str, str], Endpoint] = {}
         for ctr in self.sc.containers:
-            self.run_container(ctr, eps)
+            self.run_container(ctr, self.eps)
+        return self.generated()
+
+    def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
+        """Run ``ctrs`` (the containers ``scenario`` appends to the one run so far) on this state."""
+        self.sc = scenario
+        for ctr in ctrs:
+            self.containers[ctr.name] = ctr
+            self.run_container(ctr, self.eps)
+
+    def generated(self) -> Generated:
         rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
         return Generated(self.sc, rulesets, self.endpoints, self.bindings, self.sysctls, self.hairpin_ports)
 

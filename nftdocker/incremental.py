@@ -51,7 +51,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from . import kernel
+from . import kernel, resume
 from .compat import parse_expr
 from .errors import ApplyError, CompatError, KernelError, NftdockerError
 from .generate import Firewall, Generated, Iptables
@@ -104,27 +104,12 @@ class IndexedIptables(Iptables):
 
 
 class IndexedFirewall(Firewall):
-    """:class:`generate.Firewall` over :class:`IndexedIptables`, kept to replay later containers on.
-
-    It keeps the endpoints ``run()`` made (``eps``), so that :meth:`add_containers` can run
-    containers appended to the scenario exactly as ``run()`` would have run them last.
-    """
+    """:class:`generate.Firewall` over :class:`IndexedIptables`, kept to replay later containers on
+    (:meth:`Firewall.add_containers` runs them exactly as ``run()`` would have run them last)."""
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)
         self.ipt = {4: IndexedIptables("ip"), 6: IndexedIptables("ip6")}  # type: ignore[dict-item]
-        self.eps: dict[tuple[str, str], Any] = {}
-
-    def run_container(self, ctr: Container, eps: dict) -> None:
-        self.eps = eps
-        super().run_container(ctr, eps)
-
-    def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
-        """Run ``ctrs`` (the containers ``scenario`` appends to the current one) on this state."""
-        self.sc = scenario
-        for ctr in ctrs:
-            self.containers[ctr.name] = ctr
-            self.run_container(ctr, self.eps)
 
 
 def generate_fast(scenario: Scenario) -> Generated:
@@ -668,13 +653,14 @@ def _state_path(table: str) -> Path:
     return STATE_DIR / f"{dev}-{ino}-{table}.json"
 
 
-def _stored_views(table: str) -> dict[str, KTable | None] | None:
-    """The views saved after our last commit here, if nothing has committed since."""
+def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, Any] | None] | None:
+    """The views saved after our last commit here, if nothing has committed since; with its genid and checkpoint."""
     try:
         d = json.loads(_state_path(table).read_text())
     except (OSError, ValueError):
         return None
-    if d.get("version") != 1 or d.get("netns") != netns_id() or d.get("genid") != ruleset_genid():
+    genid = d.get("genid")
+    if d.get("version") != 1 or d.get("netns") != netns_id() or genid != ruleset_genid():
         return None
     views: dict[str, KTable | None] = {}
     for fam in FAMILIES:
@@ -682,7 +668,13 @@ def _stored_views(table: str) -> dict[str, KTable | None] | None:
         if table_handle(fam, table) != (t or {}).get("handle"):
             return None
         views[fam] = KTable.from_json(fam, t) if t else None
-    return views
+    cp = d.get("checkpoint")
+    return views, genid, (cp if isinstance(cp, dict) else None)
+
+
+def _stored_views(table: str) -> dict[str, KTable | None] | None:
+    st = _stored_state(table)
+    return st[0] if st is not None else None
 
 
 def _prune_state() -> None:
@@ -706,7 +698,9 @@ def forget(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> None:
         _state_path(table).unlink()
 
 
-def _store_views(table: str, views: dict[str, KTable | None] | None, genid: int | None) -> None:
+def _store_views(table: str, views: dict[str, KTable | None] | None, genid: int | None,
+                 checkpoint: dict[str, Any] | None = None) -> None:
+    """Save the table's view after our commit ``genid`` (and the generation checkpoint, see :mod:`resume`)."""
     _prune_state()
     path = _state_path(table)
     if views is None or genid is None or any(v is not None and v.handle is None for v in views.values()):
@@ -716,9 +710,11 @@ def _store_views(table: str, views: dict[str, KTable | None] | None, genid: int 
     with _suppress():
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": 1, "netns": netns_id(), "genid": genid,
-                                   "tables": {f: (v.to_json() if v is not None else None) for f, v in views.items()}},
-                                  separators=(",", ":")))
+        doc: dict[str, Any] = {"version": 1, "netns": netns_id(), "genid": genid,
+                               "tables": {f: (v.to_json() if v is not None else None) for f, v in views.items()}}
+        if checkpoint is not None:
+            doc["checkpoint"] = checkpoint
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
         os.replace(tmp, path)
 
 
@@ -847,7 +843,8 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
 
 
 def commit(nft: kernel.Nft, tx: kernel.Transaction, table: str = DEFAULT_TABLE, check: bool = False,
-           monitor: Monitor | None = None, store: bool = True) -> tuple[dict[str, KTable | None] | None, int | None]:
+           monitor: Monitor | None = None, store: bool = True,
+           checkpoint: dict[str, Any] | None = None) -> tuple[dict[str, KTable | None] | None, int | None]:
     """Run ``tx`` (one libnftables call); learn what the kernel holds afterwards.
 
     Returns (views, generation id). The generation id is that of our own commit, or None when
@@ -862,7 +859,7 @@ def commit(nft: kernel.Nft, tx: kernel.Transaction, table: str = DEFAULT_TABLE, 
     """
     views, genid = _commit(nft, tx, table, check, monitor)
     if store and not check and tx.lines:
-        _store_views(table, views, genid)
+        _store_views(table, views, genid, checkpoint)
     return views, genid
 
 
@@ -934,6 +931,12 @@ class Result:
     checked: bool
     kept_user_rules: dict[str, int] = field(default_factory=dict)
     reason: str = ""
+    #: full: the whole host generated; resumed: only appended containers replayed (:mod:`resume`)
+    generation: str = "full"
+    #: containers replayed on the checkpoint (generation "resumed")
+    replayed: int = 0
+    #: what ``sysctls=True`` set (:func:`kernel.apply_sysctls`)
+    sysctls: list[str] | None = None
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
@@ -941,41 +944,112 @@ def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TA
     """:func:`kernel.apply`, sending only the difference when the table is loaded (``replace``: always full)."""
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
+        return _apply_in(kernel.Nft(), gen, table, check, replace, extra)
+
+
+def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
+                   replace: bool = False, sysctls: bool = False) -> Result:
+    """Generate ``sc`` and :func:`apply` it; when it only appends containers to the host the last
+    apply here loaded, replay just those on the stored checkpoint instead of generating the host.
+
+    ``sysctls``: also set what Docker sets beside its rules (not with ``check``).
+    """
+    kernel.check_table_name(table)
+    with kernel.lock(netns_name), kernel.netns(netns_name):
         nft = kernel.Nft()
-        views: dict[str, KTable | None] | None = None
-        source, reason = "none", ""
-        tx: IncrementalTransaction | None = None
-        if replace:
-            reason = "--replace"
-        else:
-            views, source = kernel_views(nft, table)
-            try:
-                tx = diff(views, gen, table)
-            except Replace as e:
-                reason = str(e)
-        if tx is None:
-            tx = full(nft, gen, table)
-        if extra:
-            extras = [extra[f] for f in gen.families() if f in extra]
-            for part in extras:
-                _extend(tx, part)
-            if tx.flat is not None:
-                block_flat = tx.flat
+        known: tuple[dict[str, KTable | None], str] | None = None
+        res: Result | None = None
+        extras: Any = None
+        if not replace and not check:
+            st = _stored_state(table)
+            if st is not None:
+                views, genid, cp = st
+                known = (views, "state")
+                if cp is not None:
+                    got = _resume(nft, sc, views, genid, cp, table)
+                    if got is not None:
+                        res, extras = got
+        if res is None:
+            fw = Firewall(sc)
+            gen = fw.run()
+            res = _apply_in(nft, gen, table, check, replace, None, checkpoint=resume.checkpoint(fw), known=known)
+            extras = gen
+    if sysctls and not check:
+        res.sysctls = kernel.apply_sysctls(extras, netns_name)
+    return res
 
-                def flat_with_extra() -> kernel.Transaction:
-                    ft = block_flat()
-                    for part in extras:
-                        _extend(ft, part)
-                    return ft
 
-                tx.flat = flat_with_extra
-        commit(nft, tx, table, check, store=not extra)  # with extra commands the view is not known
-        kept = {}
-        for fam in gen.families():
-            kt = tx.after.get(fam)
-            if kt is not None and USER_CHAIN in kt.chains:
-                kept[fam] = len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
-        return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check, kept, reason)
+def _resume(nft: kernel.Nft, sc: Scenario, views: dict[str, KTable | None], genid: int,
+            cp: dict[str, Any], table: str) -> tuple[Result, Generated] | None:
+    """Replay the containers ``sc`` appends to the checkpoint's host and send their calls; None: not possible."""
+    n_new = resume.appended(cp, sc)
+    if n_new is None:
+        return None
+    tables = {f: ({n: kc.keys for n, kc in kt.chains.items()} if kt is not None else None) for f, kt in views.items()}
+    try:
+        fw = resume.ResumedFirewall(sc, cp, tables)
+        fw.add_containers(sc, sc.containers[len(sc.containers) - n_new:])
+    except (resume.Unsupported, NftdockerError):
+        return None  # the whole host is generated instead (and says what is wrong, if anything is)
+    got = ops_transaction(views, fw.logs(), table)
+    if got is None:
+        return None
+    tx, steps = got
+    if tx.lines:
+        with Monitor() as mon:
+            mon.drain()
+            after, new_genid = commit_steps(nft, mon, tx, steps, views, table)
+        if new_genid != (genid + 1) & 0xFFFFFFFF:
+            after = None  # another commit came between reading the state and ours: list the table next time
+    else:
+        after, new_genid = views, genid
+    _store_views(table, after, new_genid, resume.checkpoint(fw))
+    fams = [f for f in FAMILIES if views.get(f) is not None]
+    kept = {f: len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
+            for f in fams if (kt := views[f]) is not None and USER_CHAIN in kt.chains}
+    mode = "incremental" if tx.lines else "noop"
+    return (Result(fams, [], tx.commands(), mode, "state", tx.added, tx.removed, False, kept,
+                   generation="resumed", replayed=n_new), fw.generated())
+
+
+def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace: bool,
+              extra: dict[str, kernel.Transaction] | None, checkpoint: dict[str, Any] | None = None,
+              known: tuple[dict[str, KTable | None], str] | None = None) -> Result:
+    """:func:`apply` inside the namespace, under the lock; ``known``: the views already read."""
+    views: dict[str, KTable | None] | None = None
+    source, reason = "none", ""
+    tx: IncrementalTransaction | None = None
+    if replace:
+        reason = "--replace"
+    else:
+        views, source = known if known is not None else kernel_views(nft, table)
+        try:
+            tx = diff(views, gen, table)
+        except Replace as e:
+            reason = str(e)
+    if tx is None:
+        tx = full(nft, gen, table)
+    if extra:
+        extras = [extra[f] for f in gen.families() if f in extra]
+        for part in extras:
+            _extend(tx, part)
+        if tx.flat is not None:
+            block_flat = tx.flat
+
+            def flat_with_extra() -> kernel.Transaction:
+                ft = block_flat()
+                for part in extras:
+                    _extend(ft, part)
+                return ft
+
+            tx.flat = flat_with_extra
+    commit(nft, tx, table, check, store=not extra, checkpoint=checkpoint)  # with extra commands the view is not known
+    kept = {}
+    for fam in gen.families():
+        kt = tx.after.get(fam)
+        if kt is not None and USER_CHAIN in kt.chains:
+            kept[fam] = len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
+    return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check, kept, reason)
 
 
 # ---------------------------------------------------------------------- the long-running path
@@ -1183,88 +1257,102 @@ class IncrementalApplier:
         return self.last
 
     def _ops_transaction(self, gen: Generated, logs: dict[str, list]) -> tuple[IncrementalTransaction, list] | None:
-        """The recorded Docker calls as nft commands, and the steps to replay on the view afterwards.
-
-        None if the kept view lacks what the calls touch. A rule added and deleted again within
-        the change is left out of both.
-        """
-        views = self.views
-        assert views is not None
-        tx = IncrementalTransaction()
-        steps: list[list[Any]] = []  # [op, family, chain, key, handle or None]
-        for fam in FAMILIES:
-            ops = logs.get(fam, [])
-            if not ops:
-                continue
-            kt = views.get(fam)
-            if kt is None:
-                return None
-            rs = gen.rulesets[fam]
-            added: dict[tuple[str, str], list[list[Any]]] = {}
-            gone: set[int] = set()  # handles deleted by earlier steps of this change
-            for op, ipt_table, chain_name, r in ops:
-                name = f"{ipt_table}-{chain_name}"
-                kc = kt.chains.get(name)
-                if name == USER_CHAIN or kc is None:
-                    return None
-                key = rule_text(r, rs, ipt_table)
-                if op == "delete":
-                    mine = added.get((name, key))
-                    if mine:
-                        mine.pop()[0] = "skip"
-                        continue
-                    h, i = None, -1
-                    while h is None:
-                        try:
-                            i = kc.keys.index(key, i + 1)
-                        except ValueError:
-                            break
-                        if kc.handles[i] not in gone:
-                            h = kc.handles[i]
-                    if h is None:
-                        return None
-                    gone.add(h)
-                    steps.append(["delete", fam, name, key, h])
-                else:
-                    step = [op, fam, name, key, None]
-                    added.setdefault((name, key), []).append(step)
-                    steps.append(step)
-        for op, fam, name, key, h in steps:
-            if op == "delete":
-                tx.add(f"delete rule {fam} {self.table} {name} handle {h}")
-                tx.removed += 1
-            elif op != "skip":
-                tx.add(f"{op} rule {fam} {self.table} {name} {key}", name)
-                tx.added += 1
-        return tx, steps
+        """The recorded Docker calls (with rules) as a transaction on the kept view; see :func:`ops_transaction`."""
+        assert self.views is not None
+        keyed = {fam: [(op, t, c, rule_text(r, gen.rulesets[fam], t)) for op, t, c, r in ops] for fam, ops in logs.items()}
+        return ops_transaction(self.views, keyed, self.table)
 
     def _commit_steps(self, nft: kernel.Nft, mon: Monitor, tx: IncrementalTransaction, steps: list) -> None:
-        """Send ``tx``; replay ``steps`` on the kept view with the handles the kernel gave."""
-        if not tx.lines:
-            return
-        _run(nft, tx)
-        got = mon.own_commit(threading.get_native_id())
-        new = [e for e in got[1] if e.msg == MSG_NEWRULE and e.table == self.table] if got else None
-        adds = [s for s in steps if s[0] in ("add", "insert")]
-        if new is None or len(new) != len(adds) or any(e.chain != s[2] or e.family != s[1] for e, s in zip(new, adds)):
-            self.views = None
-            return
-        for e, s in zip(new, adds):
-            s[4] = e.handle
-        views = self.views
-        assert views is not None
-        for op, fam, name, key, h in steps:
-            kc = views[fam].chains[name]  # type: ignore[union-attr]
-            if op == "add":
-                kc.keys.append(key)
-                kc.handles.append(h)
-            elif op == "insert":
-                kc.keys.insert(0, key)
-                kc.handles.insert(0, h)
-            elif op == "delete":
-                i = kc.handles.index(h)
-                del kc.keys[i]
-                del kc.handles[i]
+        """Send ``tx``; keep the view it leaves (None: read the table again before the next change)."""
+        self.views, _ = commit_steps(nft, mon, tx, steps, self.views, self.table)
+
+
+def ops_transaction(views: dict[str, KTable | None], logs: dict[str, list[tuple[str, str, str, str]]],
+                    table: str) -> tuple[IncrementalTransaction, list] | None:
+    """Docker's recorded calls, ``(op, iptables table, chain, rule key)`` per family, as nft commands.
+
+    Returns the transaction and the steps to replay on the view afterwards (:func:`commit_steps`);
+    None if the view lacks a chain the calls touch (or they touch the user's chain). A rule added
+    and deleted again within the change is left out of both.
+    """
+    tx = IncrementalTransaction()
+    steps: list[list[Any]] = []  # [op, family, chain, key, handle or None]
+    for fam in FAMILIES:
+        ops = logs.get(fam, [])
+        if not ops:
+            continue
+        kt = views.get(fam)
+        if kt is None:
+            return None
+        added: dict[tuple[str, str], list[list[Any]]] = {}
+        gone: set[int] = set()  # handles deleted by earlier steps of this change
+        for op, ipt_table, chain_name, key in ops:
+            name = f"{ipt_table}-{chain_name}"
+            kc = kt.chains.get(name)
+            if name == USER_CHAIN or kc is None or op not in ("add", "insert", "delete"):
+                return None
+            if op == "delete":
+                mine = added.get((name, key))
+                if mine:
+                    mine.pop()[0] = "skip"
+                    continue
+                h, i = None, -1
+                while h is None:
+                    try:
+                        i = kc.keys.index(key, i + 1)
+                    except ValueError:
+                        break
+                    if kc.handles[i] not in gone:
+                        h = kc.handles[i]
+                if h is None:
+                    return None
+                gone.add(h)
+                steps.append(["delete", fam, name, key, h])
+            else:
+                step = [op, fam, name, key, None]
+                added.setdefault((name, key), []).append(step)
+                steps.append(step)
+    for op, fam, name, key, h in steps:
+        if op == "delete":
+            tx.add(f"delete rule {fam} {table} {name} handle {h}")
+            tx.removed += 1
+        elif op != "skip":
+            tx.add(f"{op} rule {fam} {table} {name} {key}", name)
+            tx.added += 1
+    return tx, steps
+
+
+def commit_steps(nft: kernel.Nft, mon: Monitor, tx: IncrementalTransaction, steps: list,
+                 views: dict[str, KTable | None] | None, table: str) -> tuple[dict[str, KTable | None] | None, int | None]:
+    """Send ``tx`` (from :func:`ops_transaction`); replay ``steps`` on ``views`` (in place) with the kernel's handles.
+
+    Returns (views, generation id of our commit); views are None when the notifications did not
+    tell every new rule's handle (then the table must be read again).
+    """
+    if not tx.lines:
+        return views, None
+    _run(nft, tx)
+    got = mon.own_commit(threading.get_native_id())
+    new = [e for e in got[1] if e.msg == MSG_NEWRULE and e.table == table] if got else None
+    adds = [s for s in steps if s[0] in ("add", "insert")]
+    if views is None or got is None or new is None or len(new) != len(adds) or \
+            any(e.chain != s[2] or e.family != s[1] for e, s in zip(new, adds)):
+        return None, None
+    for e, s in zip(new, adds):
+        s[4] = e.handle
+    for op, fam, name, key, h in steps:
+        kc = views[fam].chains[name]  # type: ignore[union-attr]
+        if op == "add":
+            kc.keys.append(key)
+            kc.handles.append(h)
+        elif op == "insert":
+            kc.keys.insert(0, key)
+            kc.handles.insert(0, h)
+        elif op == "delete":
+            i = kc.handles.index(h)
+            del kc.keys[i]
+            del kc.handles[i]
+    return views, got[0]
 
 
 def _only_appended(old: Scenario, new: Scenario) -> bool:

@@ -138,6 +138,32 @@ def test_one_container_costs_a_handful_of_commands(n, two_ns):
 
 
 @kernel_test
+@pytest.mark.parametrize("n", [10, 1000])
+def test_apply_replays_only_appended_containers(n, two_ns):
+    ns, other = two_ns
+    sc = synthetic.host(n)
+    res = inc.apply_scenario(sc, ns)
+    assert (res.mode, res.generation) == ("full", "full")
+    one = synthetic.with_container(sc, synthetic.new_container(sc, 0, network="net1"))
+    res = inc.apply_scenario(one, ns)
+    assert (res.mode, res.generation, res.replayed, res.commands, res.view) == ("incremental", "resumed", 1, 3, "state")
+    two = synthetic.with_container(one, synthetic.new_container(sc, 1))
+    res = inc.apply_scenario(two, ns)  # resumes from the checkpoint the resumed apply left
+    assert (res.generation, res.replayed, res.commands) == ("resumed", 1, 3)
+    if n == 10:
+        assert listing(ns) == fresh_listing(other, generate(two))
+    res = inc.apply_scenario(one, ns)  # a removal: the whole host is generated, the edit is still small
+    assert (res.mode, res.generation, res.commands) == ("incremental", "full", 3)
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "ip", TABLE, "filter-DOCKER-USER", "counter"], check=True)
+    res = inc.apply_scenario(two, ns)  # someone else committed: the table is listed, the host generated
+    assert (res.generation, res.view, res.commands) == ("full", "listing", 3)
+    res = inc.apply_scenario(two, ns, check=True)
+    assert (res.checked, res.generation) == (True, "full")
+    if n == 10:
+        assert listing(ns).replace("\t\tcounter packets 0 bytes 0\n", "") == fresh_listing(other, generate(two))
+
+
+@kernel_test
 @pytest.mark.parametrize("case", ["multi", "ipv6", "usernet-portmap-noproxy"])
 def test_replace_and_fresh_tables_are_full(case, two_ns):
     ns, other = two_ns
@@ -241,7 +267,7 @@ def test_always_equal_to_a_full_replace(three_ns, n0, ipv6, proxy, steps):
     ctrs = [(f"c{i}", f"net{i}", (20000 + i,)) for i in range(n0)]
     serial = [n0, 0]
     sc = loads(scenario_text(nets, ctrs, ipv6, proxy))
-    inc.apply(generate(sc), by_apply)
+    inc.apply_scenario(sc, by_apply)
     with inc.IncrementalApplier(by_applier) as ap:
         ap.load(sc)
         for kind, a, b in steps:
@@ -260,8 +286,8 @@ def test_always_equal_to_a_full_replace(three_ns, n0, ipv6, proxy, steps):
             sc = loads(scenario_text(nets, ctrs, ipv6, proxy))
             gen = generate(sc)
             want = fresh_listing(fresh, gen)
-            inc.apply(gen, by_apply)
-            assert listing(by_apply) == want, (kind, steps)
+            res = inc.apply_scenario(sc, by_apply)  # appended containers: replayed on the checkpoint
+            assert listing(by_apply) == want, (kind, steps, res)
             ap.update(sc)
             assert listing(by_applier) == want, (kind, steps, ap.last)
 

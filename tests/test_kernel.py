@@ -89,10 +89,11 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
 def test_refusal_exits_3_from_the_cli(netns, monkeypatch, capsys):
     from nftdocker import incremental
 
-    real = incremental.apply
+    real = incremental._apply_in
     loop = kernel.Transaction()
     loop.add("add rule ip nftdocker filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
-    monkeypatch.setattr(incremental, "apply", lambda *a, **kw: real(*a, **kw, extra={"ip": loop}))
+    monkeypatch.setattr(incremental, "_apply_in", lambda nft, gen, table, check, replace, extra, **kw:
+                        real(nft, gen, table, check, replace, {"ip": loop}, **kw))
     rc = cli.main(["apply", str(RULESETS / "multi" / "scenario.toml"), "--netns", netns])
     err = capsys.readouterr().err
     assert rc == 3
