@@ -8,64 +8,129 @@ that iptables would consider the same (``iptables -C``) compare equal here too.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import gc
+from contextlib import contextmanager
 from functools import lru_cache
+from operator import itemgetter
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Literal, NamedTuple, Union
+from typing import Iterator, Literal, NamedTuple, Union
 
 Dir = Literal["s", "d"]
 
 
-# Matches and actions are tuples (C-speed hashing and equality: generation checks every rule
-# against its chain, as Docker's ``-C`` does). The ``tag`` field, last and never passed, keeps
-# two kinds apart whose other fields happen to be equal.
+# Matches and actions are tuples: C-speed hashing and equality (generation checks every rule
+# against its chain, as Docker's ``-C`` does). A match's first field is its rank in iptables'
+# canonical argument order (``-s -d -i -o -p --sport --dport -m addrtype -m conntrack``), set by
+# the constructor, so sorting a rule's matches needs no Python key function and two kinds never
+# compare equal. Actions end in a ``tag`` field (never passed) for the same reason.
 
 
-class Addr(NamedTuple):
-    """``[!] -s/-d PREFIX`` / ``ip saddr/daddr [!=] PREFIX``."""
-
+class _Addr(NamedTuple):
+    rank: int
     dir: Dir
     net: IPv4Network | IPv6Network
-    negate: bool = False
-    tag: str = "addr"
+    negate: bool
 
 
-class Iface(NamedTuple):
-    """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``."""
+class Addr(_Addr):
+    """``[!] -s/-d PREFIX`` / ``ip saddr/daddr [!=] PREFIX``."""
 
+    __slots__ = ()
+
+    def __new__(cls, dir: Dir, net: IPv4Network | IPv6Network, negate: bool = False) -> Addr:
+        return tuple.__new__(cls, (0 if dir == "s" else 1, dir, net, negate))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
+
+
+class _Iface(NamedTuple):
+    rank: int
     dir: Literal["i", "o"]
     name: str
-    negate: bool = False
-    tag: str = "iface"
+    negate: bool
 
 
-class L4Proto(NamedTuple):
+class Iface(_Iface):
+    """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``."""
+
+    __slots__ = ()
+
+    def __new__(cls, dir: Literal["i", "o"], name: str, negate: bool = False) -> Iface:
+        return tuple.__new__(cls, (2 if dir == "i" else 3, dir, name, negate))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
+
+
+class _L4Proto(NamedTuple):
+    rank: int
+    proto: str  # tcp udp sctp icmp ipv6-icmp
+
+
+class L4Proto(_L4Proto):
     """``-p PROTO`` with no port / ``meta l4proto PROTO``."""
 
-    proto: str  # tcp udp sctp icmp ipv6-icmp
-    tag: str = "l4proto"
+    __slots__ = ()
+
+    def __new__(cls, proto: str) -> L4Proto:
+        return tuple.__new__(cls, (4, proto))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
 
 
-class Port(NamedTuple):
-    """``-p PROTO -m PROTO --sport/--dport N`` / ``PROTO sport/dport N``."""
-
+class _Port(NamedTuple):
+    rank: int
     proto: str
     dir: Dir
     port: int
-    tag: str = "port"
 
 
-class AddrTypeLocal(NamedTuple):
+class Port(_Port):
+    """``-p PROTO -m PROTO --sport/--dport N`` / ``PROTO sport/dport N``."""
+
+    __slots__ = ()
+
+    def __new__(cls, proto: str, dir: Dir, port: int) -> Port:
+        return tuple.__new__(cls, (5 if dir == "s" else 6, proto, dir, port))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
+
+
+class _AddrTypeLocal(NamedTuple):
+    rank: int
+    dir: Dir
+
+
+class AddrTypeLocal(_AddrTypeLocal):
     """``-m addrtype --src-type/--dst-type LOCAL`` / ``fib saddr/daddr type local``."""
 
-    dir: Dir
-    tag: str = "addrtype"
+    __slots__ = ()
+
+    def __new__(cls, dir: Dir) -> AddrTypeLocal:
+        return tuple.__new__(cls, (7, dir))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
 
 
-class CtState(NamedTuple):
+class _CtState(NamedTuple):
+    rank: int
+    states: tuple[str, ...]
+
+
+class CtState(_CtState):
     """``-m conntrack --ctstate RELATED,ESTABLISHED`` / ``ct state related,established``."""
 
-    states: tuple[str, ...] = ("RELATED", "ESTABLISHED")
-    tag: str = "ctstate"
+    __slots__ = ()
+
+    def __new__(cls, states: tuple[str, ...] = ("RELATED", "ESTABLISHED")) -> CtState:
+        return tuple.__new__(cls, (8, states))
+
+    def __getnewargs__(self) -> tuple:
+        return self[1:]
 
 
 Match = Union[Addr, Iface, L4Proto, Port, AddrTypeLocal, CtState]
@@ -109,16 +174,7 @@ class Masquerade(NamedTuple):
 Action = Union[Verdict, Jump, Dnat, Snat, Masquerade]
 
 
-_RANK: dict[type, int] = {Addr: 0, Iface: 2, L4Proto: 4, Port: 5, AddrTypeLocal: 7, CtState: 8}
-_DIRECTED = (0, 2, 5)  # Addr, Iface, Port: source/in before destination/out
-
-
-def _order(m: Match) -> int:
-    """iptables' canonical argument order: -s -d -i -o -p --sport --dport -m addrtype -m conntrack."""
-    r = _RANK[m.__class__]
-    if r in _DIRECTED and m.dir in ("d", "o"):  # type: ignore[union-attr]
-        return r + 1
-    return r
+_by_rank = itemgetter(0)
 
 
 class Rule:
@@ -131,7 +187,7 @@ class Rule:
     __slots__ = ("matches", "action", "origin", "_hash")
 
     def __init__(self, matches: tuple[Match, ...], action: Action, origin: str = "") -> None:
-        self.matches: tuple[Match, ...] = tuple(sorted(matches, key=_order)) if len(matches) > 1 else tuple(matches)
+        self.matches: tuple[Match, ...] = tuple(sorted(matches, key=_by_rank)) if len(matches) > 1 else tuple(matches)
         self.action = action
         self.origin = origin
         self._hash = hash((self.matches, action))
@@ -149,8 +205,22 @@ class Rule:
 
 
 def rule(*matches: Match | None, action: Action, origin: str = "") -> Rule:
-    """Build a rule, dropping ``None`` matches (for optional terms; a match is never falsy: it has a tag)."""
+    """Build a rule, dropping ``None`` matches (for optional terms; a match, a non-empty tuple, is never falsy)."""
     return Rule(tuple(filter(None, matches)), action, origin)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection inside: building a host's model or rules creates hundreds of
+    thousands of objects and no cycles, and the collector would walk the growing heap again and
+    again (15-20% of a large generation). Collection resumes, as it was, on the way out."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 @lru_cache(maxsize=65536)
