@@ -33,6 +33,7 @@ from .ir import (
     Ruleset,
     Snat,
     Verdict,
+    gc_paused,
     host,
     rule,
 )
@@ -506,12 +507,13 @@ class Firewall:
             rule(dst, not_bridge, not_ll, Port(b.proto, "d", b.host_port),
                  action=Dnat(b.container_ip, b.container_port), origin=f"setPerPortNAT[{origin}] DNAT"),
         )
-        masq = rule(Addr("s", host(b.container_ip)), Addr("d", host(b.container_ip)), Port(b.proto, "d", b.container_port),
-                    action=Masquerade(), origin=f"setPerPortNAT[{origin}] MASQUERADE")
-        if self.daemon.hairpin:
-            ipt.append("nat", "POSTROUTING", masq)
-        else:
-            ipt.delete("nat", "POSTROUTING", masq)
+        if not self.daemon.hairpin:
+            # Docker deletes the hairpin MASQUERADE here; only a host without the proxy ever adds
+            # it, and the proxy setting is the daemon's, so on this host there is none to delete.
+            return
+        ipt.append("nat", "POSTROUTING",
+                   rule(Addr("s", host(b.container_ip)), Addr("d", host(b.container_ip)), Port(b.proto, "d", b.container_port),
+                        action=Masquerade(), origin=f"setPerPortNAT[{origin}] MASQUERADE"))
 
     def set_per_port_forwarding(self, net: Network, b: Binding, origin: str) -> None:
         """port_mapping_linux.go setPerPortForwarding: filter DOCKER ``-I`` ACCEPT to the container port."""
@@ -570,11 +572,12 @@ class Firewall:
                     self.link(net, ctr, ep, child, child_ep)
 
     def run(self) -> Generated:
-        self.start_daemon()
-        for net in self.sc.networks:
-            self.create_network(net)
-        for ctr in self.sc.containers:
-            self.run_container(ctr, self.eps)
+        with gc_paused():
+            self.start_daemon()
+            for net in self.sc.networks:
+                self.create_network(net)
+            for ctr in self.sc.containers:
+                self.run_container(ctr, self.eps)
         return self.generated()
 
     def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
