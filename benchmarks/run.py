@@ -144,7 +144,8 @@ def scenario_files(tmp: Path, n: int) -> tuple[Path, Path]:
 # ---------------------------------------------------------------------- render
 
 RENDER_CHILD = r"""
-import json, resource, sys, time
+import gc, json, resource, sys, time
+gc.disable()  # as nftdocker's one-shot commands run (nftdocker.cli.ONE_SHOT)
 from nftdocker.scenario import load
 from nftdocker.generate import generate
 from nftdocker.render import render_nft

@@ -7,6 +7,7 @@ Exit statuses: 0 success; 1 differences found (diff, verify); 2 bad input or usa
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -242,12 +243,20 @@ def _live_commands(sub: Any) -> None:
 _extra_commands: list[Callable[[Any], None]] = [_verify_commands, _live_commands]
 
 
+ONE_SHOT = {cmd_render, cmd_compat, cmd_diff, cmd_apply, cmd_remove, cmd_show}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if args.func in ONE_SHOT:
+        # A one-shot command builds one host's model and rules (hundreds of thousands of objects,
+        # no reference cycles) and exits: the cyclic collector would only walk that heap again and
+        # again. Long-running ones (watch, verify's harness) keep it.
+        gc.disable()
     try:
         return args.func(args)
     except NftdockerError as e:

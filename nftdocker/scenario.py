@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .errors import ScenarioError
+from .ir import gc_paused
 from .model import (
     DEFAULT_BRIDGE_NETWORK,
     Container,
@@ -560,11 +561,12 @@ def loads(data: bytes | str, source: str = "<scenario>", base: Path | None = Non
             raise ctx.fail("", f"not UTF-8 text (byte {e.start})") from None
     else:
         text = data
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ctx.fail("", f"TOML syntax: {e}") from None
-    return from_document(ctx, doc, base or Path("."))
+    with gc_paused():
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ctx.fail("", f"TOML syntax: {e}") from None
+        return from_document(ctx, doc, base or Path("."))
 
 
 def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = None) -> Scenario:
