@@ -103,6 +103,9 @@ class Change:
     ms: float
     applied: bool
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: how the applier sent it (IncrementalApplier: diff, full, noop, ...) and in how many commands
+    apply_mode: str = ""
+    commands: int = 0
 
 
 @dataclass
@@ -357,7 +360,8 @@ class Watcher:
             self._set_sysctls(gen)
         added, removed = _rule_diff(old.rulesets if old is not None else {}, gen.rulesets)
         what = _describe(batch)
-        ch = Change(what, added, removed, ms, changed, list(batch))
+        ch = Change(what, added, removed, ms, changed, list(batch),
+                    getattr(stats, "mode", ""), getattr(stats, "commands", 0))
         self.changes.append(ch)
         if not changed:
             return ch  # e.g. the network connect that precedes a container's start: nothing to log
