@@ -18,9 +18,12 @@ Anything else (a changed network, a removed container, a new chain, a policy cha
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from ipaddress import ip_address, ip_network
+from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
+from . import generate, ir, model, render
 from .generate import Firewall, Iptables, Sysctl, _Pool
 from .ir import Chain, Rule, Ruleset
 from .model import Endpoint, Scenario
@@ -39,10 +42,19 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(repr(obj).encode()).hexdigest()
 
 
+@lru_cache(maxsize=1)
+def code_digest() -> str:
+    """The generation code itself: a checkpoint written by other code (an upgrade) is not resumed."""
+    h = hashlib.sha256()
+    for path in (generate.__file__, ir.__file__, model.__file__, render.__file__, __file__):
+        h.update(Path(path).read_bytes())  # type: ignore[arg-type]
+    return h.hexdigest()
+
+
 def fingerprint(sc: Scenario, n: int | None = None) -> dict[str, Any]:
-    """What identifies the generated host: daemon, host and networks, and the first ``n`` containers."""
+    """What identifies the generated host: the code, daemon, host and networks, and the first ``n`` containers."""
     ctrs = sc.containers if n is None else sc.containers[:n]
-    return {"format": FORMAT, "base": _digest((sc.daemon, sc.host, sc.networks)), "n": len(ctrs),
+    return {"format": FORMAT, "code": code_digest(), "base": _digest((sc.daemon, sc.host, sc.networks)), "n": len(ctrs),
             "containers": _digest(ctrs)}
 
 

@@ -102,6 +102,7 @@ def test_appended_only_when_nothing_else_changed():
     assert resume.appended(cp, dataclasses.replace(sc, daemon=dataclasses.replace(sc.daemon, icc=not sc.daemon.icc))) is None
     assert resume.appended(cp, dataclasses.replace(sc, host=dataclasses.replace(sc.host, ipv6_forwarding=True))) is None
     assert resume.appended(dict(cp, fingerprint=dict(cp["fingerprint"], format=0)), sc) is None
+    assert resume.appended(dict(cp, fingerprint=dict(cp["fingerprint"], code="other code")), sc) is None
     assert resume.appended({}, sc) is None
 
 
