@@ -134,7 +134,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     where = f" in netns {args.netns}" if args.netns else ""
     verb = "kernel accepted (nothing changed)" if res.checked else "applied"
     how = {"incremental": "only the difference", "noop": "already up to date", "full": "full replace"}.get(report["mode"], report["mode"])
-    if res.generation == "resumed":
+    if res.generation == "resumed" and res.replayed:
         how += f"; {res.replayed} new container(s) replayed on the last apply's state"
     print(f"{verb}: table {', table '.join(report['tables'])}{where} ({res.commands} commands, one transaction; {how})")
     for fam, n in res.kept_user_rules.items():

@@ -193,3 +193,23 @@ def test_sysctls_are_set_and_reported(netns):
     assert "hairpin on bridge1 port vethA" in report
     val = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/sys/net/ipv4/conf/bridge1/route_localnet"], capture_output=True, text=True)
     assert val.stdout.strip() == "1"
+
+
+def test_apply_resumes_when_containers_are_appended(netns, tmp_path):
+    subprocess.run(["ip", "-n", netns, "link", "add", "bridge1", "type", "bridge"], check=True)
+    host = tmp_path / "host.toml"
+    text = (RULESETS / "usernet-portmap-noproxy" / "scenario.toml").read_text()
+    host.write_text(text)
+    first = json.loads(run_cli("apply", host, "--netns", netns, "--json").stdout)
+    assert (first["mode"], first["generation"], first["replayed_containers"]) == ("full", "full", 0)
+    host.write_text(text + '\n[[containers]]\nname = "late"\nnetworks = ["bridge1"]\npublish = ["8081:81"]\n')
+    r = run_cli("apply", host, "--netns", netns, "--sysctls", "--json")
+    assert r.returncode == 0, r.stderr
+    second = json.loads(r.stdout)
+    assert (second["mode"], second["generation"], second["replayed_containers"]) == ("incremental", "resumed", 1)
+    assert second["commands"] == 4  # raw DROP, DNAT, hairpin MASQUERADE, filter ACCEPT
+    assert any(l.startswith("net.ipv4.conf.bridge1.route_localnet = 1") for l in second["sysctls"])
+    r = run_cli("compat", "--netns", netns)
+    assert r.stdout == run_cli("compat", host).stdout
+    r = run_cli("apply", host, "--netns", netns)
+    assert "already up to date" in r.stdout and "1 new container" not in r.stdout
