@@ -28,6 +28,10 @@ since: :func:`apply` stores the table's view (rule keys and handles) in
 ``/run/nftdocker/state/``, and the next :func:`apply` uses it without listing the table when the
 namespace, the table's handle and the ruleset generation are unchanged.
 
+:func:`apply_scenario` (``nftdocker apply``) also stores a generation checkpoint beside the view
+(:mod:`resume`): when the next scenario only appends containers to the host, it replays just their
+Docker calls on that checkpoint and sends them, instead of generating the whole host and diffing.
+
 :class:`IncrementalApplier` is the long-running path (``watch``, benchmarks): it keeps the model
 (an indexed :class:`generate.Firewall`) and the kernel's handles in memory, so adding a container
 replays only that container's Docker calls and sends them, with no listing and no re-parse.
@@ -1372,7 +1376,6 @@ def _only_appended(old: Scenario, new: Scenario) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m nftdocker.incremental SCENARIO [--netns NS] [--replace]``: ``nftdocker apply``, incrementally."""
-    from .generate import generate
     from .scenario import load
 
     p = argparse.ArgumentParser(prog="python -m nftdocker.incremental")
@@ -1384,7 +1387,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     try:
-        res = apply(generate(load(args.scenario)), args.netns, args.table, check=args.check, replace=args.replace)
+        res = apply_scenario(load(args.scenario), args.netns, args.table, check=args.check, replace=args.replace)
     except NftdockerError as e:
         print(f"nftdocker: {e.message}", file=sys.stderr)
         return e.exit_status
