@@ -56,7 +56,21 @@ def _l3(rs: Ruleset) -> str:
     return "ip" if rs.family == "ip" else "ip6"
 
 
+_MATCH_TEXT: dict[tuple[Match, str], str] = {}
+
+
 def match_text(m: Match, rs: Ruleset) -> str:
+    """One match as nft text (memoised: a host's rules share most of their matches)."""
+    key = (m, rs.family)
+    t = _MATCH_TEXT.get(key)
+    if t is None:
+        if len(_MATCH_TEXT) > 200_000:
+            _MATCH_TEXT.clear()
+        t = _MATCH_TEXT[key] = _match_text(m, rs)
+    return t
+
+
+def _match_text(m: Match, rs: Ruleset) -> str:
     match m:
         case Addr(dir=d, net=net, negate=neg):
             op = "!= " if neg else ""
