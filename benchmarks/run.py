@@ -437,13 +437,10 @@ def bench_docker(n: int, ns: str, tmp: Path, full_limit: int, sample: int) -> di
 
 
 def environment() -> dict[str, Any]:
-    from nftdocker.generate import Iptables
-
     nft_v = subprocess.run(["nft", "--version"], capture_output=True, text=True).stdout.strip()
     return {
         "kernel": platform.release(), "nft": nft_v, "python": platform.python_version(), "cpus": os.cpu_count(),
         "loadavg_at_start": os.getloadavg(),
-        "generate_indexed": hasattr(Iptables("ip"), "count"),
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 
@@ -504,7 +501,7 @@ def markdown(res: dict[str, Any]) -> str:
         f"{env['nft']}, Python {env['python']}, {env['cpus']} CPUs, load average at start "
         f"{', '.join(f'{x:.2f}' for x in env['loadavg_at_start'])}. Synthetic hosts: N networks x {M} containers x {K} published "
         f"ports (benchmarks/synthetic.py). Medians of the runs shown; ratios between figures of the same run. "
-        f"generate() indexed: {env['generate_indexed']}. The machine is shared: where the load average is high, wall "
+        f"The machine is shared: where the load average is high, wall "
         f"times are noisy, and the CPU time (user + system, the kernel's work for the process included) is the steadier figure.",
         "",
         "![costs against N](costs.png)",

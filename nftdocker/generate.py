@@ -50,7 +50,6 @@ from .model import (
 )
 
 V = Literal[4, 6]
-FAMILY: dict[int, Literal["ip", "ip6"]] = {4: "ip", 6: "ip6"}
 
 DOCKER = "DOCKER"
 DOCKER_FORWARD = "DOCKER-FORWARD"
@@ -99,13 +98,14 @@ class Generated:
 class Iptables:
     """One family's iptables, as Docker drives it: check-then-insert/append, delete, policy.
 
-    ``count`` indexes each chain's rules, so the ``-C`` check before every insert and append
-    costs O(1) instead of a scan of the chain (thousands of rules on a large host).
+    ``index`` holds each chain's rules as a set, so the ``-C`` check before every insert and
+    append costs O(1) instead of a scan of the chain (thousands of rules on a large host). A rule
+    is only added when absent, so a chain never holds one twice.
     """
 
     def __init__(self, family: Literal["ip", "ip6"]) -> None:
         self.rs = Ruleset(family)
-        self.count: dict[tuple[str, str], dict[Rule, int]] = {}
+        self.index: dict[tuple[str, str], set[Rule]] = {}
 
     def chain(self, table: str, name: str) -> Chain:
         key = (table, name)
@@ -115,7 +115,7 @@ class Iptables:
             if c.builtin:
                 c.policy = "ACCEPT"
             self.rs.chains[key] = c
-            self.count[key] = {}
+            self.index[key] = set()
         return c
 
     def new_chain(self, table: str, name: str) -> None:
@@ -123,33 +123,31 @@ class Iptables:
         self.chain(table, name)
 
     def has(self, table: str, chain: str, r: Rule) -> bool:
-        cnt = self.count.get((table, chain))
-        return cnt is not None and r in cnt
+        present = self.index.get((table, chain))
+        return present is not None and r in present
 
     def append(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Append: ``-C`` then ``-A`` if absent."""
         c = self.chain(table, chain)
-        cnt = self.count[(table, chain)]
-        if r not in cnt:
+        present = self.index[(table, chain)]
+        if r not in present:
             c.rules.append(r)
-            cnt[r] = 1
+            present.add(r)
 
     def insert(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Insert: ``-C`` then ``-I`` (position 1) if absent."""
         c = self.chain(table, chain)
-        cnt = self.count[(table, chain)]
-        if r not in cnt:
+        present = self.index[(table, chain)]
+        if r not in present:
             c.rules.insert(0, r)
-            cnt[r] = 1
+            present.add(r)
 
     def delete(self, table: str, chain: str, r: Rule) -> None:
-        """Rule.Delete: ``-D`` if present (the first copy)."""
-        cnt = self.count.get((table, chain))
-        if cnt is not None and r in cnt:
+        """Rule.Delete: ``-D`` if present."""
+        present = self.index.get((table, chain))
+        if present is not None and r in present:
             self.rs.chains[(table, chain)].rules.remove(r)
-            cnt[r] -= 1
-            if not cnt[r]:
-                del cnt[r]
+            present.remove(r)
 
     def ensure_jump(self, table: str, src: str, dst: str, origin: str) -> None:
         """iptables.EnsureJumpRule: delete ``-j dst`` if present, then insert it at the top."""
@@ -170,7 +168,7 @@ class Firewall:
         self.daemon = scenario.daemon
         self.ipt: dict[int, Iptables] = {4: Iptables("ip"), 6: Iptables("ip6")}
         self.forwarding = {4: scenario.host.ipv4_forwarding, 6: scenario.host.ipv6_forwarding}
-        self.sysctls: list[Sysctl] = []
+        self.sysctls: dict[tuple[str, str], Sysctl] = {}  # by (key, value), in the order first set
         self.ipam: dict[tuple[str, int], _Pool] = {}
         self.ports = _PortAllocator()
         self.endpoints: list[Endpoint] = []
@@ -298,11 +296,9 @@ class Firewall:
             ipt.insert("nat", "POSTROUTING", rule(Addr("s", subnet), Iface("o", br, True), action=masq, origin=o + " NAT"))
         if not nat or (net.masquerade and not hairpin):
             ipt.insert("nat", DOCKER, rule(Iface("i", br), action=Verdict("RETURN"), origin=o + " SKIP DNAT"))
-        hp = rule(AddrTypeLocal("s"), Iface("o", br), action=masq, origin=o + " MASQ LOCAL HOST")
         if hairpin:
-            ipt.insert("nat", "POSTROUTING", hp)
-        else:
-            ipt.delete("nat", "POSTROUTING", hp)
+            ipt.insert("nat", "POSTROUTING", rule(AddrTypeLocal("s"), Iface("o", br), action=masq, origin=o + " MASQ LOCAL HOST"))
+        # else Docker deletes that rule; hairpin is the daemon's setting, so on this host it was never added
         self.set_icc(v, net, internal=False)
         if not nat:
             self.set_icmp(v, net)
@@ -548,16 +544,15 @@ class Firewall:
     # ------------------------------------------------------------------ whole host
 
     def sysctl(self, key: str, value: str, origin: str) -> None:
-        if not any(s.key == key and s.value == value for s in self.sysctls):
-            self.sysctls.append(Sysctl(key, value, origin))
+        self.sysctls.setdefault((key, value), Sysctl(key, value, origin))
 
-    def run_container(self, ctr: Container, eps: dict[tuple[str, str], Endpoint]) -> None:
+    def run_container(self, ctr: Container) -> None:
         """docker run then docker network connect: endpoints in order, ports on the gateway endpoint."""
         nets = [self.networks[n] for n in ctr.networks]
         mine = []
         for net in nets:
             ep = self.create_endpoint(ctr, net)
-            eps[(ctr.name, net.name)] = ep
+            self.eps[(ctr.name, net.name)] = ep
             mine.append((net, ep))
         gw = _gateway_endpoint(mine, dict(ctr.gw_priority))
         if gw is None:
@@ -567,7 +562,7 @@ class Firewall:
         if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
             for l in ctr.links:
                 child = self.containers[l.name]
-                child_ep = eps.get((child.name, net.name))
+                child_ep = self.eps.get((child.name, net.name))
                 if child_ep is not None:
                     self.link(net, ctr, ep, child, child_ep)
 
@@ -577,7 +572,7 @@ class Firewall:
             for net in self.sc.networks:
                 self.create_network(net)
             for ctr in self.sc.containers:
-                self.run_container(ctr, self.eps)
+                self.run_container(ctr)
         return self.generated()
 
     def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
@@ -585,11 +580,11 @@ class Firewall:
         self.sc = scenario
         for ctr in ctrs:
             self.containers[ctr.name] = ctr
-            self.run_container(ctr, self.eps)
+            self.run_container(ctr)
 
     def generated(self) -> Generated:
         rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
-        return Generated(self.sc, rulesets, self.endpoints, self.bindings, self.sysctls, self.hairpin_ports)
+        return Generated(self.sc, rulesets, self.endpoints, self.bindings, list(self.sysctls.values()), self.hairpin_ports)
 
 
 def generate(scenario: Scenario) -> Generated:
@@ -600,13 +595,12 @@ def generate(scenario: Scenario) -> Generated:
 # ---------------------------------------------------------------------- helpers
 
 
-def _gateway_endpoint(eps: list[tuple[Network, Endpoint]], priority: dict[str, int] | None = None) -> tuple[Network, Endpoint] | None:
+def _gateway_endpoint(eps: list[tuple[Network, Endpoint]], priority: dict[str, int]) -> tuple[Network, Endpoint] | None:
     """sandbox.go Less + default_gateway.go selectGatewayEndpoint: the endpoint that gets the port mappings.
 
     Endpoints rank by: higher GwPriority, not docker_gwbridge, not internal, more gateways
     (dual-stack first), network name. Internal networks have no gateway and never win.
     """
-    priority = priority or {}
     def gateways(net: Network) -> int:
         return int(net.enable_ipv4) + int(net.enable_ipv6)
 
@@ -696,6 +690,7 @@ class _Pool:
                 self.used.add(self.last)
         if gateway is not None:
             self.used.add(int(gateway))
+        self.free_from = self.first  # every address below it is in use (nothing is ever released here)
 
     def allocate(self, want: IPAddress | None) -> IPAddress:
         if want is not None:
@@ -705,10 +700,11 @@ class _Pool:
                 raise ValueError(f"address {want} is already in use")
             self.used.add(int(want))
             return want
-        n = self.first
-        for _ in range(min(self.last - self.first + 1, 1 << 20)):
+        n = self.free_from
+        for _ in range(min(self.last - n + 1, 1 << 20)):
             if n not in self.used:
                 self.used.add(n)
+                self.free_from = n + 1
                 return IPv4Address(n) if self.subnet.version == 4 else IPv6Address(n)
             n += 1
         raise ValueError(f"no free address left in {self.subnet}")

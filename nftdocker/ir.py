@@ -12,7 +12,7 @@ import gc
 from contextlib import contextmanager
 from functools import lru_cache
 from operator import itemgetter
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Iterator, Literal, NamedTuple, Union
 
 Dir = Literal["s", "d"]
@@ -230,9 +230,6 @@ def host(addr: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network:
         return IPv4Network((int(addr), 32))
     return IPv6Network((int(addr), 128))
 
-
-ANY4 = ip_network("0.0.0.0/0")
-ANY6 = ip_network("::/0")
 
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING", "OUTPUT"),

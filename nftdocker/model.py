@@ -135,12 +135,6 @@ class Scenario:
     containers: tuple[Container, ...] = ()
     source: str = "<scenario>"
 
-    def network(self, name: str) -> Network:
-        for n in self.networks:
-            if n.name == name:
-                return n
-        raise KeyError(name)
-
 
 @dataclass(frozen=True)
 class Endpoint:
@@ -161,7 +155,3 @@ class Binding:
     container_port: int
     host_ip: IPAddress
     host_port: int
-
-    @property
-    def family(self) -> int:
-        return self.host_ip.version

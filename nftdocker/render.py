@@ -9,6 +9,7 @@ payload matches, ``dnat``/``snat``/``masquerade``. No sets, maps or ``xt`` expre
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, assert_never
 
@@ -30,7 +31,6 @@ from .ir import (
     Snat,
     Verdict,
     Action,
-    TABLE_ORDER,
 )
 
 DEFAULT_TABLE = "nftdocker"
@@ -40,9 +40,8 @@ PRIO_NAMES = {-300: "raw", -150: "mangle", -100: "dstnat", 0: "filter", 100: "sr
 def nft_chains(rs: Ruleset) -> list[Chain]:
     """The chains of the nft table in output order: per iptables table, built-ins then user chains."""
     out: list[Chain] = []
-    for t in TABLE_ORDER:
-        if any(tt == t for (tt, _) in rs.chains):
-            out.extend(rs.ordered_chains(t))
+    for t in rs.tables():
+        out.extend(rs.ordered_chains(t))
     return out
 
 
@@ -52,29 +51,16 @@ def _addr_text(net: IPv4Network | IPv6Network) -> str:
     return str(net)
 
 
-def _l3(rs: Ruleset) -> str:
-    return "ip" if rs.family == "ip" else "ip6"
-
-
-_MATCH_TEXT: dict[tuple[Match, str], str] = {}
-
-
 def match_text(m: Match, rs: Ruleset) -> str:
-    """One match as nft text (memoised: a host's rules share most of their matches)."""
-    key = (m, rs.family)
-    t = _MATCH_TEXT.get(key)
-    if t is None:
-        if len(_MATCH_TEXT) > 200_000:
-            _MATCH_TEXT.clear()
-        t = _MATCH_TEXT[key] = _match_text(m, rs)
-    return t
+    return _match_text(m, rs.family)
 
 
-def _match_text(m: Match, rs: Ruleset) -> str:
+@lru_cache(maxsize=200_000)  # a host's rules share most of their matches
+def _match_text(m: Match, family: str) -> str:
     match m:
         case Addr(dir=d, net=net, negate=neg):
             op = "!= " if neg else ""
-            return f"{_l3(rs)} {'saddr' if d == 's' else 'daddr'} {op}{_addr_text(net)}"
+            return f"{family} {'saddr' if d == 's' else 'daddr'} {op}{_addr_text(net)}"
         case Iface(dir=d, name=name, negate=neg):
             op = "!= " if neg else ""
             return f'{"iifname" if d == "i" else "oifname"} {op}"{name}"'
@@ -90,7 +76,7 @@ def _match_text(m: Match, rs: Ruleset) -> str:
             assert_never(m)
 
 
-def action_text(a: Action, rs: Ruleset, table: str) -> str:
+def action_text(a: Action, table: str) -> str:
     match a:
         case Verdict(kind=k):
             return k.lower()
@@ -110,7 +96,7 @@ def action_text(a: Action, rs: Ruleset, table: str) -> str:
 
 def rule_text(r: Rule, rs: Ruleset, table: str) -> str:
     parts = [match_text(m, rs) for m in r.matches]
-    parts.append(action_text(r.action, rs, table))
+    parts.append(action_text(r.action, table))
     return " ".join(parts)
 
 
@@ -166,7 +152,7 @@ def match_json(m: Match, rs: Ruleset) -> dict[str, Any]:
                 if net.prefixlen == net.max_prefixlen
                 else {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
             )
-            left = {"payload": {"protocol": _l3(rs), "field": "saddr" if d == "s" else "daddr"}}
+            left = {"payload": {"protocol": rs.family, "field": "saddr" if d == "s" else "daddr"}}
             return {"match": {"op": "!=" if neg else "==", "left": left, "right": right}}
         case Iface(dir=d, name=name, negate=neg):
             return {"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname" if d == "i" else "oifname"}}, "right": name}}

@@ -18,6 +18,7 @@ Anything else (a changed network, a removed container, a new chain, a policy cha
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from functools import lru_cache
 from ipaddress import ip_address, ip_network
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from . import generate, ir, model, render
 from .generate import Firewall, Iptables, Sysctl, _Pool
-from .ir import Chain, Rule, Ruleset
+from .ir import Chain, Rule
 from .model import Endpoint, Scenario
 from .render import rule_text
 
@@ -80,7 +81,7 @@ def checkpoint(fw: Firewall) -> dict[str, Any]:
             "last": [[str(h), proto, lo, hi, port] for (h, proto, lo, hi), port in fw.ports.last.items()],
         },
         "endpoints": [[e.container, e.network, e.ipv4 and str(e.ipv4), e.ipv6 and str(e.ipv6)] for e in fw.endpoints],
-        "sysctls": [[s.key, s.value, s.origin] for s in fw.sysctls],
+        "sysctls": [[s.key, s.value, s.origin] for s in fw.sysctls.values()],
         "hairpin_ports": list(fw.hairpin_ports),
     }
 
@@ -96,31 +97,24 @@ class ResumeIptables(Iptables):
     def __init__(self, family: Literal["ip", "ip6"], chains: Mapping[str, Sequence[str]] | None) -> None:
         super().__init__(family)
         self.keys = chains or {}
-        self.stub = Ruleset(family)
         self.log: list[tuple[str, str, str, str]] = []
-        self.counts: dict[tuple[str, str], dict[str, int]] = {}
+        self.counts: dict[tuple[str, str], Counter[str]] = {}
 
-    def _count(self, table: str, name: str) -> dict[str, int]:
+    def _count(self, table: str, name: str) -> Counter[str]:
         cnt = self.counts.get((table, name))
         if cnt is None:
             keys = self.keys.get(f"{table}-{name}")
             if keys is None:
                 raise Unsupported(f"{self.rs.family} {table}-{name}: a chain the loaded table does not have")
-            cnt = {}
-            for k in keys:
-                cnt[k] = cnt.get(k, 0) + 1
-            self.counts[(table, name)] = cnt
+            cnt = self.counts[(table, name)] = Counter(keys)
         return cnt
 
     def _key(self, table: str, r: Rule) -> str:
-        return rule_text(r, self.stub, table)
+        return rule_text(r, self.rs, table)  # the ruleset stays empty: it only gives the family
 
     def chain(self, table: str, name: str) -> Chain:
         self._count(table, name)
         return Chain(table, name)
-
-    def has(self, table: str, chain: str, r: Rule) -> bool:
-        return self._key(table, r) in self._count(table, chain)
 
     def append(self, table: str, chain: str, r: Rule) -> None:
         self._put("add", table, chain, r)
@@ -179,7 +173,7 @@ class ResumedFirewall(Firewall):
             ep = Endpoint(ctr, net, a4 and ip_address(a4), a6 and ip_address(a6))  # type: ignore[arg-type]
             self.endpoints.append(ep)
             self.eps[(ctr, net)] = ep
-        self.sysctls = [Sysctl(k, v, o) for k, v, o in cp["sysctls"]]
+        self.sysctls = {(k, v): Sysctl(k, v, o) for k, v, o in cp["sysctls"]}
         self.hairpin_ports = list(cp["hairpin_ports"])
 
     def logs(self) -> dict[str, list[tuple[str, str, str, str]]]:
