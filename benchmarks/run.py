@@ -17,8 +17,7 @@ apply      a fresh apply in-process (``incremental.apply``: one transaction, tab
            ``nft -f`` of the same rendered text (a process, in the namespace), and against
            ``kernel.apply`` (the full-replace path), on an empty namespace each time
 add-one    adding one container with one published port to the loaded host:
-           process to process (``python -m nftdocker apply`` if it has --replace, else
-           ``python -m nftdocker.incremental``, the same entry point for the fresh load and for the
+           process to process (``python -m nftdocker apply``, for the fresh load and for the
            change), and in-process through the long-running path (``IncrementalApplier.add_container``),
            with the part spent in libnftables and the kernel
 docker     the compat (iptables-save) output replayed one ``iptables-legacy``/``ip6tables-legacy`` call
@@ -220,15 +219,8 @@ def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[st
 # ---------------------------------------------------------------------- add one container
 
 
-def apply_entry() -> tuple[list[str], str]:
-    h = subprocess.run([PY, "-m", "nftdocker", "apply", "--help"], capture_output=True, text=True, env=ENV, cwd=ROOT)
-    if "--replace" in h.stdout:
-        return [PY, "-m", "nftdocker", "apply"], "python -m nftdocker apply"
-    return [PY, "-m", "nftdocker.incremental"], "python -m nftdocker.incremental (nftdocker apply has no --replace yet)"
-
-
 def bench_add_process(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[str, Any]:
-    entry, label = apply_entry()
+    entry, label = [PY, "-m", "nftdocker", "apply"], "python -m nftdocker apply"
     base, plus = scenario_files(tmp, n)
 
     def one() -> tuple[float, float, str, float, float]:

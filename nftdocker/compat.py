@@ -8,14 +8,12 @@ shows them; rules print in iptables' canonical argument order.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Iterable, assert_never
 
 from .errors import CompatError
 from .ir import (
-    BASE_CHAINS,
     BUILTIN_CHAINS,
-    TABLE_ORDER,
     Action,
     Addr,
     AddrTypeLocal,

@@ -39,7 +39,6 @@ replays only that container's Docker calls and sends them, with no listing and n
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import json
@@ -47,7 +46,6 @@ import os
 import select
 import socket
 import struct
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -540,9 +538,10 @@ class IncrementalTransaction(kernel.Transaction):
     def commands(self) -> int:
         return self.n_commands if self.n_commands is not None else super().commands()
 
-
-def _base_header(kc: KChain) -> tuple[Any, ...]:
-    return (kc.base, kc.policy)
+    def extend(self, part: kernel.Transaction) -> None:
+        super().extend(part)
+        if self.n_commands is not None:
+            self.n_commands += part.commands()
 
 
 def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> IncrementalTransaction:
@@ -676,11 +675,6 @@ def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, 
     return views, genid, (cp if isinstance(cp, dict) else None)
 
 
-def _stored_views(table: str) -> dict[str, KTable | None] | None:
-    st = _stored_state(table)
-    return st[0] if st is not None else None
-
-
 def _prune_state() -> None:
     """Drop stored views of namespaces that are gone (named ones, the host's and the current one are kept)."""
     alive = {tuple(netns_id())}
@@ -733,9 +727,9 @@ class _suppress:
 def kernel_views(nft: kernel.Nft, table: str, use_state: bool = True) -> tuple[dict[str, KTable | None], str]:
     """Both families' tables as the kernel holds them, and where that came from (state or listing)."""
     if use_state:
-        stored = _stored_views(table)
+        stored = _stored_state(table)
         if stored is not None:
-            return stored, "state"
+            return stored[0], "state"
     views: dict[str, KTable | None] = {}
     for fam in FAMILIES:
         views[fam] = read_table(nft, fam, table) if table_handle(fam, table) is not None else None
@@ -819,7 +813,7 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
                 tx.add(f"\t\t{w.header}")
             keys = w.keys
             if w.name == USER_CHAIN and users is not None:
-                keys = list(users) + ([] if "return" in users else ["return"])
+                keys = kernel.user_chain_rules(users)
             tx.lines.extend([f"\t\t{k}" for k in keys])
             tx.add("\t}")
             kt.chains[w.name] = KChain(w.name, w.base, w.policy, list(keys), list(range(handle + 1, handle + 1 + len(keys))))
@@ -832,14 +826,10 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
 
     def flat() -> kernel.Transaction:
         ft = kernel.Transaction()
-        for fam in FAMILIES:
-            if fam not in fams and table_handle(fam, table) is not None:
-                ft.add(f"delete table {fam} {table}")
+        for fam in tx.dropped:
+            ft.add(f"delete table {fam} {table}")
         for fam, users, exists in flat_parts:
-            part = kernel.full_transaction(gen.rulesets[fam], table, users, exists)
-            base = len(ft.lines)
-            ft.lines.extend(part.lines)
-            ft.origins.update({base + k: v for k, v in part.origins.items()})
+            ft.extend(kernel.full_transaction(gen.rulesets[fam], table, users, exists))
         return ft
 
     tx.flat = flat
@@ -899,14 +889,6 @@ def _commit(nft: kernel.Nft, tx: kernel.Transaction, table: str, check: bool,
             mon.close()
 
 
-def _extend(tx: kernel.Transaction, part: kernel.Transaction) -> None:
-    base = len(tx.lines)
-    tx.lines.extend(part.lines)
-    tx.origins.update({base + k: v for k, v in part.origins.items()})
-    if isinstance(tx, IncrementalTransaction) and tx.n_commands is not None:
-        tx.n_commands += part.commands()
-
-
 def _run(nft: kernel.Nft, tx: kernel.Transaction, check: bool = False) -> None:
     t0 = time.perf_counter()
     rc, _, err = nft.run(tx.text, check=check)
@@ -944,11 +926,12 @@ class Result:
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-          replace: bool = False, extra: dict[str, kernel.Transaction] | None = None) -> Result:
-    """:func:`kernel.apply`, sending only the difference when the table is loaded (``replace``: always full)."""
+          replace: bool = False, extra: dict[str, kernel.Transaction] | None = None, store: bool = True) -> Result:
+    """Load ``gen``, sending only the difference when the table is loaded (``replace``: always the
+    whole table). ``store``: keep the table's view for the next apply here (see :func:`commit`)."""
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
-        return _apply_in(kernel.Nft(), gen, table, check, replace, extra)
+        return _apply_in(kernel.Nft(), gen, table, check, replace, extra, store=store)
 
 
 def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
@@ -966,7 +949,9 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
         extras: Any = None
         if not replace and not check:
             st = _stored_state(table)
-            if st is not None:
+            if st is None:
+                known = kernel_views(nft, table, use_state=False)
+            else:
                 views, genid, cp = st
                 known = (views, "state")
                 if cp is not None:
@@ -1009,16 +994,20 @@ def _resume(nft: kernel.Nft, sc: Scenario, views: dict[str, KTable | None], geni
         after, new_genid = views, genid
     _store_views(table, after, new_genid, resume.checkpoint(fw))
     fams = [f for f in FAMILIES if views.get(f) is not None]
-    kept = {f: len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
-            for f in fams if (kt := views[f]) is not None and USER_CHAIN in kt.chains}
     mode = "incremental" if tx.lines else "noop"
-    return (Result(fams, [], tx.commands(), mode, "state", tx.added, tx.removed, False, kept,
+    return (Result(fams, [], tx.commands(), mode, "state", tx.added, tx.removed, False, _kept_user_rules(views, fams),
                    generation="resumed", replayed=n_new), fw.generated())
+
+
+def _kept_user_rules(views: dict[str, KTable | None], fams: list[str]) -> dict[str, int]:
+    """Per family, the user's own rules in ``filter-DOCKER-USER`` (all but its ``return``)."""
+    return {f: len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
+            for f in fams if (kt := views.get(f)) is not None and USER_CHAIN in kt.chains}
 
 
 def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace: bool,
               extra: dict[str, kernel.Transaction] | None, checkpoint: dict[str, Any] | None = None,
-              known: tuple[dict[str, KTable | None], str] | None = None) -> Result:
+              known: tuple[dict[str, KTable | None], str] | None = None, store: bool = True) -> Result:
     """:func:`apply` inside the namespace, under the lock; ``known``: the views already read."""
     views: dict[str, KTable | None] | None = None
     source, reason = "none", ""
@@ -1036,24 +1025,20 @@ def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace:
     if extra:
         extras = [extra[f] for f in gen.families() if f in extra]
         for part in extras:
-            _extend(tx, part)
+            tx.extend(part)
         if tx.flat is not None:
             block_flat = tx.flat
 
             def flat_with_extra() -> kernel.Transaction:
                 ft = block_flat()
                 for part in extras:
-                    _extend(ft, part)
+                    ft.extend(part)
                 return ft
 
             tx.flat = flat_with_extra
-    commit(nft, tx, table, check, store=not extra, checkpoint=checkpoint)  # with extra commands the view is not known
-    kept = {}
-    for fam in gen.families():
-        kt = tx.after.get(fam)
-        if kt is not None and USER_CHAIN in kt.chains:
-            kept[fam] = len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
-    return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check, kept, reason)
+    commit(nft, tx, table, check, store=store and not extra, checkpoint=checkpoint)  # with extra commands the view is not known
+    return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check,
+                  _kept_user_rules(tx.after, gen.families()), reason)
 
 
 # ---------------------------------------------------------------------- the long-running path
@@ -1094,7 +1079,6 @@ class IncrementalApplier:
         self.last: Stats | None = None
         self._nft: kernel.Nft | None = None
         self._mon: Monitor | None = None
-        self._netns_id: list[int] | None = None
 
     # -------------------------------------------------------------- public
 
@@ -1124,14 +1108,8 @@ class IncrementalApplier:
 
     def update(self, scenario: Scenario) -> Stats:
         """Bring the table to ``scenario``; containers appended at its end take the fast path."""
-        old = self.gen
-        fw = self.fw
-        if (old is None or fw is None or not _only_appended(old.scenario, scenario)):
-            fw = IndexedFirewall(scenario)
-            gen = fw.run()
-            st = self._send(gen)
-            self.fw = fw
-            return st
+        if self.gen is None or self.fw is None or not _only_appended(self.gen.scenario, scenario):
+            return self.load(scenario)
         return self._fast(scenario)
 
     def add_container(self, ctr: Container) -> Stats:
@@ -1159,7 +1137,6 @@ class IncrementalApplier:
         if self._nft is None or self._mon is None:
             self._nft = kernel.Nft()
             self._mon = Monitor()
-            self._netns_id = netns_id()
             self.views = None
         return self._nft, self._mon
 
@@ -1369,35 +1346,3 @@ def _only_appended(old: Scenario, new: Scenario) -> bool:
     same = lambda a, b: a is b or a == b  # noqa: E731
     return (same(old.daemon, new.daemon) and same(old.host, new.host) and same(old.networks, new.networks)
             and new.containers[:n] == old.containers)
-
-
-# ---------------------------------------------------------------------- command line (for benchmarks)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m nftdocker.incremental SCENARIO [--netns NS] [--replace]``: ``nftdocker apply``, incrementally."""
-    from .scenario import load
-
-    p = argparse.ArgumentParser(prog="python -m nftdocker.incremental")
-    p.add_argument("scenario")
-    p.add_argument("--netns")
-    p.add_argument("--table", default=DEFAULT_TABLE)
-    p.add_argument("--replace", action="store_true")
-    p.add_argument("--check", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args(argv)
-    try:
-        res = apply_scenario(load(args.scenario), args.netns, args.table, check=args.check, replace=args.replace)
-    except NftdockerError as e:
-        print(f"nftdocker: {e.message}", file=sys.stderr)
-        return e.exit_status
-    if args.json:
-        print(json.dumps(dataclasses.asdict(res)))
-    else:
-        print(f"{res.mode}: {res.commands} commands (+{res.added_rules} -{res.removed_rules} rules, table read from {res.view})"
-              + (f"; full replace: {res.reason}" if res.mode == "full" and res.reason else ""))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

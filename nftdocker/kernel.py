@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import fcntl
 import json
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ApplyError, EnvironmentProblem, KernelError, UsageError
+from .errors import ApplyError, EnvironmentProblem, KernelError, UsageError  # ApplyError: kernel.ApplyError for callers
 from .generate import Generated
 from .ir import Ruleset
 from .render import DEFAULT_TABLE, nft_chains, chain_header, rule_text
@@ -220,6 +219,18 @@ class Transaction:
     def commands(self) -> int:
         return sum(1 for l in self.lines if l.startswith(("add ", "delete ", "insert ", "replace ", "flush ")))
 
+    def extend(self, part: Transaction) -> None:
+        """Append ``part``'s lines, with their origins."""
+        base = len(self.lines)
+        self.lines.extend(part.lines)
+        self.origins.update({base + k: v for k, v in part.origins.items()})
+
+
+def user_chain_rules(users: list[str]) -> list[str]:
+    """What a replaced ``filter-DOCKER-USER`` holds: the user's rules, then setupUserChain's
+    ``-A DOCKER-USER -j RETURN`` if absent."""
+    return list(users) + ([] if "return" in users else ["return"])
+
 
 def full_transaction(rs: Ruleset, table: str, kept_user_rules: list[str] | None, exists: bool) -> Transaction:
     """Replace one family's table: [add + delete] + add table, chains, then rules (Docker's order)."""
@@ -235,10 +246,7 @@ def full_transaction(rs: Ruleset, table: str, kept_user_rules: list[str] | None,
         tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
     for c in chains:
         if c.nft_name == USER_CHAIN and kept_user_rules is not None:
-            kept = list(kept_user_rules)
-            if "return" not in kept:  # setupUserChain: -A DOCKER-USER -j RETURN if absent
-                kept.append("return")
-            for line in kept:
+            for line in user_chain_rules(kept_user_rules):
                 tx.add(f"add rule {fam} {table} {c.nft_name} {line}", f"{c.nft_name}: kept user rule")
             continue
         for r in c.rules:
@@ -289,41 +297,19 @@ class ApplyResult:
     commands: int
     kept_user_rules: dict[str, int]
     checked: bool
-    sysctls: list[str] = field(default_factory=list)
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
           extra: dict[str, Transaction] | None = None) -> ApplyResult:
-    """Load the generated tables in one transaction (``check``: the kernel validates, nothing changes)."""
-    check_table_name(table)
-    with lock(netns_name), netns(netns_name):
-        nft = Nft()
-        tx = Transaction()
-        families = gen.families()
-        kept: dict[str, int] = {}
-        removed: list[str] = []
-        for fam in ("ip", "ip6"):
-            exists = table_exists(nft, fam, table)
-            if fam not in families:
-                if exists:
-                    tx.add(f"delete table {fam} {table}")
-                    removed.append(fam)
-                continue
-            users = user_rules(nft, fam, table) if exists else None
-            kept[fam] = len([u for u in users or [] if u != "return"])
-            part = full_transaction(gen.rulesets[fam], table, users, exists)
-            base = len(tx.lines)
-            tx.lines.extend(part.lines)
-            tx.origins.update({base + k: v for k, v in part.origins.items()})
-            if extra and fam in extra:
-                base = len(tx.lines)
-                tx.lines.extend(extra[fam].lines)
-                tx.origins.update({base + k: v for k, v in extra[fam].origins.items()})
-        rc, _, err = nft.run(tx.text, check=check)
-        if rc != 0:
-            _raise_environment(err)
-            raise ApplyError(f"the kernel refused the transaction, nothing changed: {_offending(nft, tx, err)}")
-        return ApplyResult(families, removed, tx.commands(), kept, check)
+    """Replace the generated tables in one transaction (``check``: the kernel validates, nothing changes).
+
+    ``incremental.apply`` with ``replace``, leaving no stored view (the callers, ``watch``'s full
+    syncs and ``verify``, do not come back through ``incremental.apply``).
+    """
+    from .incremental import apply as apply_incremental  # incremental builds on this module
+
+    res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False)
+    return ApplyResult(res.families, res.removed, res.commands, res.kept_user_rules, res.checked)
 
 
 def remove(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[str]:
@@ -350,8 +336,7 @@ def list_objects(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> l
         nft = Nft()
         objs: list[dict[str, Any]] = []
         for fam in ("ip", "ip6"):
-            if table_exists(nft, fam, table):
-                objs.extend(nft.list_json(f"list table {fam} {table}"))
+            objs.extend(nft.list_json(f"list table {fam} {table}"))  # [] where there is no such table
         return objs
 
 
@@ -361,10 +346,11 @@ def list_text(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> str:
         nft = Nft()
         out = []
         for fam in ("ip", "ip6"):
-            if table_exists(nft, fam, table):
-                rc, text, err = nft.list_text(f"list table {fam} {table}")
-                if rc == 0:
-                    out.append(text)
+            rc, text, err = nft.list_text(f"list table {fam} {table}")
+            if rc == 0:
+                out.append(text)
+            else:
+                _raise_environment(err)  # else there is no such table
         return "".join(out)
 
 

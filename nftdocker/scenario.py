@@ -14,7 +14,6 @@ from ipaddress import (
     IPv4Address,
     IPv4Interface,
     IPv4Network,
-    IPv6Address,
     IPv6Network,
     ip_address,
     ip_interface,
@@ -22,7 +21,7 @@ from ipaddress import (
 )
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 from .errors import ScenarioError
 from .ir import gc_paused

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import EnvironmentProblem, KernelError, ReferenceError_, UsageError
+from .errors import EnvironmentProblem, ReferenceError_, UsageError
 
 SIDES = ("legacy", "nft")
 SIDE_TAG = {"legacy": "L", "nft": "N"}
