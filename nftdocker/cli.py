@@ -27,23 +27,43 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _write(args: argparse.Namespace, text: str) -> None:
+    """To ``-o FILE`` (replaced whole, atomically) or standard output."""
     out = getattr(args, "output", None)
     if out and out != "-":
         tmp = Path(out + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, out)
+        except OSError as e:
+            raise UsageError(f"{out}: cannot write: {e.strerror}") from None
     else:
         sys.stdout.write(text)
 
 
-def add_scenario_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+def read_reference(path: str) -> str:
+    """A reference file's text (iptables rules, whatever the encoding); bad path: UsageError."""
+    try:
+        return Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+
+
+def add_live_args(p: argparse.ArgumentParser, title: str, docker_host_help: str) -> None:
+    """``--docker-host`` and what a live daemon does not tell: ``[daemon]`` and ``[host]``."""
+    g = p.add_argument_group(title)
+    g.add_argument("--docker-host", metavar="URL", help=docker_host_help)
+    g.add_argument("--daemon-config", metavar="FILE",
+                   help="dockerd's daemon.json (default: /etc/docker/daemon.json if it exists)")
+    g.add_argument("--ipv4-forwarding", choices=("true", "false"),
+                   help="[host] ipv4-forwarding: net.ipv4.ip_forward was 1 when dockerd started (default true)")
+    g.add_argument("--ipv6-forwarding", choices=("true", "false"),
+                   help="[host] ipv6-forwarding: net.ipv6.conf.all.forwarding was 1 (default false)")
+
+
+def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario file (TOML); or --docker-host")
     p.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
-    live = p.add_argument_group("live Docker Engine instead of a scenario file")
-    live.add_argument("--docker-host", metavar="URL", help="read networks and containers from this Docker Engine")
-    live.add_argument("--daemon-config", metavar="FILE", help="dockerd's daemon.json (default /etc/docker/daemon.json if it exists)")
-    live.add_argument("--ipv4-forwarding", choices=("true", "false"), help="[host] ipv4-forwarding when reading a live daemon")
-    live.add_argument("--ipv6-forwarding", choices=("true", "false"), help="[host] ipv6-forwarding when reading a live daemon")
+    add_live_args(p, "live Docker Engine instead of a scenario file", "read networks and containers from this Docker Engine")
 
 
 def load_scenario(args: argparse.Namespace):
@@ -94,10 +114,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from .generate import generate
     from .reference import diff
 
-    try:
-        ref_text = Path(args.reference).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise UsageError(f"{args.reference}: cannot read: {e.strerror}") from None
+    ref_text = read_reference(args.reference)
     ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
     if args.json:
@@ -187,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_render)
 
     c = sub.add_parser("compat", help="print the iptables-save form of the nft table")
-    add_scenario_args(c, required=False)
+    add_scenario_args(c)
     c.add_argument("--ipv6", action="store_true", help="ip6tables-save form")
     c.add_argument("--netns", metavar="NAME", help="without SCENARIO: translate the table loaded in this namespace")
     c.add_argument("-o", "--output", metavar="FILE")
@@ -223,24 +240,11 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("-o", "--output", metavar="FILE")
     sh.set_defaults(func=cmd_show)
 
-    for extra in _extra_commands:
-        extra(sub)
+    from . import live_cli, verify_cli
+
+    verify_cli.register(sub)
+    live_cli.register(sub)
     return p
-
-
-def _verify_commands(sub: Any) -> None:
-    from .verify_cli import register
-
-    register(sub)
-
-
-def _live_commands(sub: Any) -> None:
-    from .live_cli import register
-
-    register(sub)
-
-
-_extra_commands: list[Callable[[Any], None]] = [_verify_commands, _live_commands]
 
 
 ONE_SHOT = {cmd_render, cmd_compat, cmd_diff, cmd_apply, cmd_remove, cmd_show}

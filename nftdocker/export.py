@@ -51,28 +51,33 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     """The scenario file text for ``s``; see the module docstring."""
     if header is None:
         header = f"Exported by nftdocker from {s.source}; see shared/scenario-format.md"
+    from .generate import generate
+
     try:
-        from .generate import generate
-
-        want = _signature(generate(s))
+        gen = generate(s)
     except NftdockerError:
-        want = None  # Docker would refuse this host as described: write it as it is, pin nothing
-    if want is not None:
-        for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
-            text = dumps(scenario_document(s, pin_ports, pin_addresses), header)
-            if _reproduces(text, want):
-                return text
-    return dumps(scenario_document(s, False, False), header)
+        # Docker would refuse this host as described: write it as it is, pin nothing
+        return dumps(scenario_document(s, False, False), header)
+    want = _signature(gen)
+    for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
+        text = dumps(scenario_document(s, pin_ports, pin_addresses, gen), header)
+        if _reproduces(text, want):
+            break
+    return text  # the last, pinning nothing, if none reproduces the host
 
 
-def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool = True) -> dict[str, Any]:
-    """The TOML document (plain dicts and lists) for ``s``; allocated ports/addresses pinned as asked."""
+def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool = True, gen: Any = None) -> dict[str, Any]:
+    """The TOML document (plain dicts and lists) for ``s``; allocated ports/addresses pinned as asked.
+
+    ``gen``: ``generate(s)``, if the caller has it already.
+    """
     endpoints: dict[str, list[Any]] = {}
     bindings: dict[str, list[Any]] = {}
     if pin_ports or pin_addresses:
-        from .generate import generate
+        if gen is None:
+            from .generate import generate
 
-        gen = generate(s)
+            gen = generate(s)
         for ep in gen.endpoints:
             endpoints.setdefault(ep.container, []).append(ep)
         bindings = gen.bindings

@@ -3,30 +3,21 @@
     nftdocker export [--docker-host URL] [--daemon-config FILE] [--ipv4-forwarding B] [-o FILE]
     nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls] [--json]
 
-``python -m nftdocker.live_cli ARGS`` runs the whole CLI with them registered (for use before
-cli.py registers them itself).
+``python -m nftdocker.live_cli ARGS`` is ``python -m nftdocker ARGS``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 
 def add_live_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("the Docker Engine")
-    g.add_argument("--docker-host", metavar="URL",
-                   help="the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
-    g.add_argument("--daemon-config", metavar="FILE",
-                   help="dockerd's daemon.json (default: /etc/docker/daemon.json if it exists)")
-    g.add_argument("--ipv4-forwarding", choices=("true", "false"),
-                   help="[host] ipv4-forwarding: net.ipv4.ip_forward was 1 when dockerd started (default true)")
-    g.add_argument("--ipv6-forwarding", choices=("true", "false"),
-                   help="[host] ipv6-forwarding: net.ipv6.conf.all.forwarding was 1 (default false)")
+    from .cli import add_live_args as add
+
+    add(p, "the Docker Engine", "the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 
 
 def register(sub: Any) -> None:
@@ -58,19 +49,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_scenario
     from .live import scenario_from_live
 
-    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
-    text = export_scenario(s)
-    if args.output and args.output != "-":
-        from .errors import UsageError
+    from .cli import _write
 
-        tmp = Path(args.output + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, args.output)
-        except OSError as e:
-            raise UsageError(f"{args.output}: cannot write: {e.strerror}") from None
-    else:
-        sys.stdout.write(text)
+    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
+    _write(args, export_scenario(s))
     return 0
 
 
@@ -93,19 +75,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The nftdocker CLI with ``export`` and ``watch`` (registered here unless cli.py already has them)."""
     from . import cli
 
-    if register not in cli._extra_commands and not _registered(cli):
-        cli._extra_commands.append(register)
     return cli.main(argv)
-
-
-def _registered(cli: Any) -> bool:
-    for action in cli.build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return "watch" in action.choices
-    return False
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import sys
-from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
@@ -46,10 +45,9 @@ def register(sub: Any) -> None:
 def _read_reference(path: str | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
-    try:
-        text = Path(path).read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+    from .cli import read_reference
+
+    text = read_reference(path)
     if re.search(r"^\*\w+\s*$", text, re.M) and re.search(r"^COMMIT\s*$", text, re.M):
         return text, path  # iptables-save text: restore it as it is
     from .reference import canonical, parse

@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from .errors import DockerError, NftdockerError
+from .kernel import USER_CHAIN
 from .render import DEFAULT_TABLE
 
 #: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
@@ -55,7 +56,6 @@ BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
 #: How often run() looks at the stop flag while waiting.
 POLL = 0.1
-USER_CHAIN = "filter-DOCKER-USER"
 
 
 class Applier(Protocol):
@@ -153,6 +153,7 @@ class Watcher:
         self.backoff_min, self.backoff_max = backoff
         self.sysctls = sysctls
         self.current: Any = None  # the Generated loaded now
+        self._signature: Any = None  # _signature(self.current), once known
         self.changes: list[Change] = []
         self.syncs = 0
         self.reconnects = 0
@@ -223,7 +224,7 @@ class Watcher:
         kernel.apply(gen, self.netns, self.table)
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
-        self.current = gen
+        self.current, self._signature = gen, None
         self._set_sysctls(gen)
         self.syncs += 1
         sc = gen.scenario
@@ -352,10 +353,11 @@ class Watcher:
     def _apply_batch(self, batch: list[dict[str, Any]], first: float) -> Change:
         gen = self._generate()
         old = self.current
-        changed = old is None or _signature(old) != _signature(gen)
+        sig = _signature(gen)
+        changed = old is None or (self._signature if self._signature is not None else _signature(old)) != sig
         stats = self.applier.apply(gen, old) if changed else None
         ms = (time.monotonic() - first) * 1000
-        self.current = gen
+        self.current, self._signature = gen, sig
         if changed:
             self._set_sysctls(gen)
         added, removed = _rule_diff(old.rulesets if old is not None else {}, gen.rulesets)
