@@ -116,19 +116,16 @@ def cpu_children() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-LAST_CPU = [0.0]  # CPU time (user + system) of the last command timed()
-
-
-def timed(cmd: list[str], **kw: Any) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall time of a command; its CPU time (user + system, children included) goes to LAST_CPU."""
+def timed(cmd: list[str], **kw: Any) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Wall time of a command, its CPU time (user + system, children included), and its result."""
     c = cpu_children()
     t = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV, **kw)
     dt = time.perf_counter() - t
-    LAST_CPU[0] = cpu_children() - c
+    cpu = cpu_children() - c
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()[:400]}")
-    return dt, r
+    return dt, cpu, r
 
 
 def scenario_files(tmp: Path, n: int) -> tuple[Path, Path]:
@@ -156,7 +153,7 @@ sc = load(sys.argv[1])
 t1 = time.perf_counter()
 g = generate(sc)
 t2 = time.perf_counter()
-text = render_nft([g.rulesets[f] for f in g.families()])
+text = render_nft(g.rulesets)
 t3 = time.perf_counter()
 ru = resource.getrusage(resource.RUSAGE_SELF)
 peak = ru.ru_maxrss
@@ -167,7 +164,7 @@ print(json.dumps({"cpu": ru.ru_utime + ru.ru_stime - c0, "load": t1 - t0, "gener
 
 
 def bench_render(path: Path, runs: int, budget: float) -> dict[str, Any]:
-    res = runs_of(lambda: json.loads(timed([PY, "-c", RENDER_CHILD, str(path)])[1].stdout), runs, budget)
+    res = runs_of(lambda: json.loads(timed([PY, "-c", RENDER_CHILD, str(path)])[2].stdout), runs, budget)
     out = {k: med([r[k] for r in res]) for k in ("load", "generate", "render_text", "total", "cpu", "peak_rss_mib", "rss_increase_mib")}
     out.update(runs=len(res), rules=res[0]["rules"], bytes=res[0]["bytes"])
     return out
@@ -183,7 +180,7 @@ def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[st
     sc = synthetic.host(n, M, K)
     gen = incremental.generate_fast(sc)
     gen1 = incremental.generate_fast(synthetic.with_container(sc, synthetic.new_container(sc, 0)))
-    text = render_nft([gen.rulesets[f] for f in gen.families()])
+    text = render_nft(gen.rulesets)
     nft_file = tmp / f"host-{n}.nft"
     nft_file.write_text(text)
 
@@ -200,8 +197,7 @@ def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[st
         add = time.perf_counter() - t
         assert (res.mode, res.commands) == ("incremental", 3), res
         flush_ns(ns)
-        nft_f, _ = timed(["ip", "netns", "exec", ns, "nft", "-f", str(nft_file)])
-        nft_f_cpu = LAST_CPU[0]
+        nft_f, nft_f_cpu, _ = timed(["ip", "netns", "exec", ns, "nft", "-f", str(nft_file)])
         flush_ns(ns)
         t = time.perf_counter()
         kernel.apply(gen, ns)
@@ -225,10 +221,9 @@ def bench_add_process(n: int, ns: str, tmp: Path, runs: int, budget: float) -> d
 
     def one() -> tuple[float, float, str, float, float]:
         flush_ns(ns)
-        fresh, _ = timed(entry + [str(base), "--netns", ns], cwd=ROOT)
-        fresh_cpu = LAST_CPU[0]
-        add, r = timed(entry + [str(plus), "--netns", ns, "--json"], cwd=ROOT)
-        return fresh, add, r.stdout, fresh_cpu, LAST_CPU[0]
+        fresh, fresh_cpu, _ = timed(entry + [str(base), "--netns", ns], cwd=ROOT)
+        add, add_cpu, r = timed(entry + [str(plus), "--netns", ns, "--json"], cwd=ROOT)
+        return fresh, add, r.stdout, fresh_cpu, add_cpu
 
     res = runs_of(one, runs, budget)
     fresh, add = med([r[0] for r in res]), med([r[1] for r in res])
@@ -376,7 +371,7 @@ def restore_text(structure: list[tuple[str, list[str]]], upto: int) -> str:
 def replay(ns: str, tmp: Path, calls: list[list[str]]) -> float:
     f = tmp / "calls.json"
     f.write_text(json.dumps(calls))
-    _, r = timed(["ip", "netns", "exec", ns, PY, "-c", REPLAY_CHILD, str(f)])
+    _, _, r = timed(["ip", "netns", "exec", ns, PY, "-c", REPLAY_CHILD, str(f)])
     return float(r.stdout.strip())
 
 
@@ -395,7 +390,7 @@ def bench_docker(n: int, ns: str, tmp: Path, full_limit: int, sample: int) -> di
         text = save_text(gen.rulesets[fam])
         calls, structure = docker_calls(text, tool)
         flush_ns(ns, legacy=True)
-        rs, _ = timed(["ip", "netns", "exec", ns, restore], input=text)
+        rs, _, _ = timed(["ip", "netns", "exec", ns, restore], input=text)
         restore_total += rs
         flush_ns(ns, legacy=True)
         if len(calls) <= full_limit:

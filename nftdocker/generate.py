@@ -79,6 +79,14 @@ class Sysctl:
     origin: str
 
 
+def sysctl_path(key: str) -> str:
+    """The /proc/sys file of a sysctl key; interface names may hold dots (net.ipv4.conf.br.1.route_localnet)."""
+    parts = key.split(".")
+    if len(parts) > 4 and parts[0] == "net" and parts[1] in ("ipv4", "ipv6") and parts[2] == "conf":
+        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
+    return "/proc/sys/" + "/".join(parts)
+
+
 @dataclass
 class Generated:
     """The result of generation: one ruleset per family plus what Docker sets beside it."""

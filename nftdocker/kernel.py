@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import ApplyError, EnvironmentProblem, KernelError, UsageError  # ApplyError: kernel.ApplyError for callers
-from .generate import Generated
+from .generate import Generated, sysctl_path
 from .ir import Ruleset
 from .render import DEFAULT_TABLE, nft_chains, chain_header, rule_text
 
@@ -362,12 +362,7 @@ def apply_sysctls(gen: Generated, netns_name: str | None = None) -> list[str]:
     report: list[str] = []
     with netns(netns_name):
         for s in gen.sysctls:
-            path = Path("/proc/sys") / s.key.replace(".", "/")
-            if ".conf." in s.key:
-                # interface names may hold dots: net.ipv4.conf.<ifname>.route_localnet
-                head, _, rest = s.key.partition(".conf.")
-                ifname, _, leaf = rest.rpartition(".")
-                path = Path("/proc/sys") / head.replace(".", "/") / "conf" / ifname / leaf
+            path = Path(sysctl_path(s.key))
             try:
                 path.write_text(s.value + "\n")
                 report.append(f"{s.key} = {s.value} ({s.origin})")

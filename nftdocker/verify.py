@@ -41,7 +41,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network, ip_address
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Callable, Iterable, Sequence
 
 from .errors import EnvironmentProblem, ReferenceError_, UsageError
@@ -77,10 +77,6 @@ class Probe:
     addr: str
     port: int
     proto: str
-
-    @property
-    def family(self) -> int:
-        return ip_address(self.addr).version
 
     @property
     def target(self) -> str:
@@ -488,16 +484,16 @@ def _tool(name: str) -> str:
     return path
 
 
-def check_environment() -> dict[str, str]:
-    """The tools verify runs, or EnvironmentProblem (exit 3)."""
+def check_environment() -> None:
+    """Root, the tools verify runs and pyroute2, or EnvironmentProblem (exit 3)."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("verify needs root: it builds network namespaces")
-    tools = {t: _tool(t) for t in ("ip", "iptables-legacy-restore", "ip6tables-legacy-restore")}
+    for t in ("ip", "iptables-legacy-restore", "ip6tables-legacy-restore"):
+        _tool(t)
     try:
         import pyroute2  # noqa: F401
     except ImportError:
         raise EnvironmentProblem("verify needs pyroute2 (pip install 'nftdocker[kernel]')") from None
-    return tools
 
 
 def _run_in(ns: str, argv: list[str], stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -779,7 +775,7 @@ def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6
     from .compat import compat_text
     from .render import render_json_objects
 
-    objs = render_json_objects(gen.rulesets, table)
+    objs = render_json_objects(gen.rulesets, table) if reference4 is None or reference6 is None else []
     src: dict[str, str] = {}
     texts = []
     for fam, ref, name in (("ip", reference4, names[0]), ("ip6", reference6, names[1])):
@@ -792,8 +788,12 @@ def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6
     return texts[0], texts[1], src
 
 
+def _got(results: dict[int, Outcome], pr: Probe) -> Outcome:
+    return results.get(pr.id, Outcome("missing"))
+
+
 def _key(results: dict[int, Outcome], pr: Probe) -> tuple[str, str, str]:
-    return results.get(pr.id, Outcome("missing")).key()
+    return _got(results, pr).key()
 
 
 def _check_controls(s: Session, results: dict[str, dict[int, Outcome]]) -> None:
@@ -801,7 +801,7 @@ def _check_controls(s: Session, results: dict[str, dict[int, Outcome]]) -> None:
     for pr in s.plan.probes:
         if pr.kind != "control":
             continue
-        got = [results[side].get(pr.id, Outcome("missing")) for side in results]
+        got = [_got(results[side], pr) for side in results]
         if all(o.result != expect[pr.dst] for o in got):
             raise EnvironmentProblem(
                 f"the test topology does not work: control probe {pr.describe()} got {got[0].result} on every side "
@@ -834,7 +834,7 @@ def verify(gen: Any, *, reference4: str | None = None, reference6: str | None = 
             for side, got in s.probe(probes=again, timeout=timeout * 2).items():
                 results[side].update(got)
         s.timings["probe"] = time.monotonic() - t
-        rows = [Row(pr, results["legacy"].get(pr.id, Outcome("missing")), results["nft"].get(pr.id, Outcome("missing")))
+        rows = [Row(pr, _got(results["legacy"], pr), _got(results["nft"], pr))
                 for pr in s.plan.probes]
         names = list(s.created)
         timings = dict(s.timings)
@@ -893,13 +893,6 @@ def coverage(gen: Any, *, table: str = "nftdocker", timeout: float = DEFAULT_TIM
 
 
 # ---------------------------------------------------------------------- the agent (runs in a namespace)
-
-
-def _sysctl_path(key: str) -> str:
-    parts = key.split(".")
-    if len(parts) > 4 and parts[0] == "net" and parts[1] in ("ipv4", "ipv6") and parts[2] == "conf":
-        parts = parts[:3] + [".".join(parts[3:-1]), parts[-1]]
-    return "/proc/sys/" + "/".join(parts)
 
 
 def _serve_tcp(sock: Any, name: str) -> None:
@@ -994,10 +987,12 @@ def agent_main() -> None:
         msg = json.loads(line)
         op = msg.get("op")
         if op == "sysctl":
+            from .generate import sysctl_path
+
             errors = []
             for key, value in msg["set"]:
                 try:
-                    with open(_sysctl_path(key), "w") as f:
+                    with open(sysctl_path(key), "w") as f:
                         f.write(str(value))
                 except OSError as e:
                     errors.append(f"{key}={value}: {e.strerror}")

@@ -11,6 +11,7 @@ import difflib
 import os
 import shutil
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +22,11 @@ RULESETS = ROOT / "rulesets"
 COMPAT = ROOT / "compat"
 SHARED_REFERENCE = ROOT.parent / "shared" / "reference"
 CASES = sorted(p.name for p in RULESETS.iterdir() if (p / "scenario.toml").is_file())
+
+
+def run_cli(*args, **kw) -> subprocess.CompletedProcess:
+    """``python -m nftdocker ARGS`` from the repository root, output captured."""
+    return subprocess.run([sys.executable, "-m", "nftdocker", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,13 +9,10 @@ import sys
 import pytest
 
 from conftest import COMPAT, ROOT, RULESETS
+from conftest import run_cli as run
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 SEED_DOC = COMPAT / "usernet-portmap-noproxy" / "iptablesdoc.txt"
-
-
-def run(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "nftdocker", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
 def test_render_prints_the_table():

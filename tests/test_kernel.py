@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns
+from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns, run_cli
 from nftdocker import cli, kernel
 from nftdocker.compat import compat_text
 from nftdocker.errors import ApplyError, EnvironmentProblem, UsageError
@@ -31,10 +31,6 @@ def nft(ns, *args, check=True):
     if check:
         assert r.returncode == 0, r.stderr
     return r.stdout
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "nftdocker", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,7 +7,6 @@ remove them again.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -23,25 +22,26 @@ from unittest import mock
 import pytest
 
 from nftdocker import verify as vf
-from nftdocker.generate import generate
+from nftdocker.generate import generate, sysctl_path
 from nftdocker.ir import Dnat, Masquerade, Verdict
 from nftdocker.scenario import load
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import ROOT as REPO
+from conftest import SHARED_REFERENCE as REFERENCE
+
 SEED = "usernet-portmap-noproxy"
 
 
 def _case_dirs() -> dict[str, Path]:
     """Case name -> directory holding scenario.toml: rulesets/ first, then shared/reference/."""
     out: dict[str, Path] = {}
-    for base in (REPO / "rulesets", REPO.parent / "shared" / "reference"):
+    for base in (REPO / "rulesets", REFERENCE):
         for f in sorted(base.glob("*/scenario.toml")):
             out.setdefault(f.parent.name, f.parent)
     return out
 
 
 CASES = _case_dirs()
-REFERENCE = REPO.parent / "shared" / "reference"
 
 
 def _gen(case_or_path: str | Path):
@@ -167,9 +167,9 @@ def test_uplink_avoids_the_scenario_subnets(tmp_path):
 
 
 def test_sysctl_path_keeps_interface_names_whole():
-    assert vf._sysctl_path("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
-    assert vf._sysctl_path("net.ipv4.conf.br.1.route_localnet") == "/proc/sys/net/ipv4/conf/br.1/route_localnet"
-    assert vf._sysctl_path("net.bridge.bridge-nf-call-iptables") == "/proc/sys/net/bridge/bridge-nf-call-iptables"
+    assert sysctl_path("net.ipv4.ip_forward") == "/proc/sys/net/ipv4/ip_forward"
+    assert sysctl_path("net.ipv4.conf.br.1.route_localnet") == "/proc/sys/net/ipv4/conf/br.1/route_localnet"
+    assert sysctl_path("net.bridge.bridge-nf-call-iptables") == "/proc/sys/net/bridge/bridge-nf-call-iptables"
 
 
 def test_report_names_the_probe_that_differs():

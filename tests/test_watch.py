@@ -27,10 +27,9 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
 from nftdocker import kernel
-from nftdocker.compat import compat_text
+from nftdocker.compat import compat_of, compat_text
 from nftdocker.generate import generate
 from nftdocker.live import scenario_from_live
-from nftdocker.render import render_json_objects
 from nftdocker.watch import Watcher, _describe, _rule_diff
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,8 +52,7 @@ def _cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
 
 def _compat(s) -> dict[str, str]:
     gen = generate(s)
-    objs = render_json_objects(gen.rulesets, TABLE)
-    return {fam: compat_text(objs, fam, TABLE) for fam in ("ip", "ip6")}
+    return {fam: compat_of(gen, fam, TABLE) for fam in ("ip", "ip6")}
 
 
 def _loaded(d: TestDaemon, table: str = TABLE) -> str:
