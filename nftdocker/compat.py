@@ -47,7 +47,7 @@ def _right_str(v: Any, where: str) -> str:
     raise _fail(where, f"unsupported right-hand side {v!r}")
 
 
-def _prefix(v: Any, where: str, family: str):
+def _prefix(v: Any, where: str):
     if isinstance(v, str):
         return ip_network(v)
     if isinstance(v, dict) and "prefix" in v:
@@ -56,7 +56,7 @@ def _prefix(v: Any, where: str, family: str):
     raise _fail(where, f"unsupported address {v!r}")
 
 
-def parse_expr(exprs: list[dict[str, Any]], family: str, table_name: str, where: str) -> tuple[list[Match], Action]:
+def parse_expr(exprs: list[dict[str, Any]], table_name: str, where: str) -> tuple[list[Match], Action]:
     """One rule's expression list -> IR matches and action."""
     matches: list[Match] = []
     action: Action | None = None
@@ -68,7 +68,7 @@ def parse_expr(exprs: list[dict[str, Any]], family: str, table_name: str, where:
         if action is not None and kind != "counter":
             raise _fail(where, f"expression after the verdict: {kind}")
         if kind == "match":
-            m = _parse_match(body, family, where)
+            m = _parse_match(body, where)
             if m is None:
                 continue
             if isinstance(m, L4Proto):
@@ -111,7 +111,7 @@ def parse_expr(exprs: list[dict[str, Any]], family: str, table_name: str, where:
     return matches, action
 
 
-def _parse_match(body: dict[str, Any], family: str, where: str) -> Match | None:
+def _parse_match(body: dict[str, Any], where: str) -> Match | None:
     op = body.get("op", "==")
     left = body.get("left")
     right = body.get("right")
@@ -137,7 +137,7 @@ def _parse_match(body: dict[str, Any], family: str, where: str) -> Match | None:
         proto = lv.get("protocol")
         field = lv.get("field")
         if proto in ("ip", "ip6") and field in ("saddr", "daddr"):
-            return Addr("s" if field == "saddr" else "d", _prefix(right, where, family), neg)
+            return Addr("s" if field == "saddr" else "d", _prefix(right, where), neg)
         if proto in ("tcp", "udp", "sctp") and field in ("sport", "dport"):
             if neg or not isinstance(right, int):
                 raise _fail(where, f"unsupported port match {body!r}")
@@ -195,7 +195,7 @@ def rulesets_from_json(objs: Iterable[dict[str, Any]], table: str = DEFAULT_TABL
             where = f"{fam} {table} {name} rule {len(c2.rules) + 1}"
             if "handle" in body:
                 where += f" (handle {body['handle']})"
-            matches, action = parse_expr(body.get("expr", []), fam, ipt_table, where)
+            matches, action = parse_expr(body.get("expr", []), ipt_table, where)
             c2.rules.append(Rule(tuple(matches), action, origin=body.get("comment", "")))
     return rulesets
 

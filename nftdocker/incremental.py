@@ -390,7 +390,7 @@ def _key_of(body: dict[str, Any], family: str, stub: Ruleset) -> str:
                                     ("match" in e and "nfproto" in json.dumps(e["match"].get("left", "")))):
             return foreign
     try:
-        matches, action = parse_expr(exprs, family, ipt_table, chain)
+        matches, action = parse_expr(exprs, ipt_table, chain)
         return rule_text(Rule(tuple(matches), action), stub, ipt_table)
     except (CompatError, KeyError, ValueError, TypeError, AttributeError):
         return foreign
@@ -752,17 +752,23 @@ def plan(nft: kernel.Nft, gen: Generated, table: str = DEFAULT_TABLE, replace: b
         return None
 
 
+def _new_handles(events: list[Event], table: str, expected: list[tuple[str, str]]) -> list[int] | None:
+    """The handles of the rules our commit added, from its NEWRULE messages (in batch order);
+    None unless they are exactly the ``(family, chain)`` adds ``expected``."""
+    new = [e for e in events if e.msg == MSG_NEWRULE and e.table == table]
+    if len(new) != len(expected) or any(e.family != f or e.chain != c for e, (f, c) in zip(new, expected)):
+        return None
+    return [e.handle for e in new]
+
+
 def _learn(tx: IncrementalTransaction, events: list[Event], table: str) -> dict[str, KTable | None] | None:
     """Fill in the handles of the rules ``tx`` added, from the kernel's NEWRULE messages."""
-    new_rules = [e for e in events if e.msg == MSG_NEWRULE and e.table == table]
-    if len(new_rules) != len(tx.slots):
-        return None
     after = tx.after
-    for ev, (fam, chain, idx) in zip(new_rules, tx.slots):
-        kt = after.get(fam)
-        if kt is None or ev.family != fam or ev.chain != chain:
-            return None
-        kt.chains[chain].handles[idx] = ev.handle
+    handles = _new_handles(events, table, [(fam, chain) for fam, chain, _ in tx.slots])
+    if handles is None or any(after.get(fam) is None for fam, _, _ in tx.slots):
+        return None
+    for h, (fam, chain, idx) in zip(handles, tx.slots):
+        after[fam].chains[chain].handles[idx] = h  # type: ignore[union-attr]
     for fam, kt in after.items():
         if kt is None:
             continue
@@ -1314,13 +1320,12 @@ def commit_steps(nft: kernel.Nft, mon: Monitor, tx: IncrementalTransaction, step
         return views, None
     _run(nft, tx)
     got = mon.own_commit(threading.get_native_id())
-    new = [e for e in got[1] if e.msg == MSG_NEWRULE and e.table == table] if got else None
     adds = [s for s in steps if s[0] in ("add", "insert")]
-    if views is None or got is None or new is None or len(new) != len(adds) or \
-            any(e.chain != s[2] or e.family != s[1] for e, s in zip(new, adds)):
+    handles = _new_handles(got[1], table, [(s[1], s[2]) for s in adds]) if got else None
+    if views is None or got is None or handles is None:
         return None, None
-    for e, s in zip(new, adds):
-        s[4] = e.handle
+    for h, s in zip(handles, adds):
+        s[4] = h
     for op, fam, name, key, h in steps:
         kc = views[fam].chains[name]  # type: ignore[union-attr]
         if op == "add":

@@ -25,8 +25,7 @@ state that Docker 28.0.1 would refuse) is logged and the table left as it was; t
 reconnect tries again.
 
 Applying a change: ``Watcher(applier=...)``; the default, ``make_applier``, is
-``incremental.IncrementalApplier`` (only the difference, in one transaction), else ``FullReplace``
-(``kernel.apply``: the whole table replaced in one transaction). Full syncs (start, reconnect)
+``incremental.IncrementalApplier`` (only the difference, in one transaction). Full syncs (start, reconnect)
 always replace the whole table with ``kernel.apply``, so that a re-sync is exact whatever happened.
 
 ``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
@@ -65,31 +64,15 @@ class Applier(Protocol):
     def apply(self, new: Any, old: Any | None) -> Any: ...
 
 
-class FullReplace:
-    """Replace the whole table in one transaction (``kernel.apply``); user rules in DOCKER-USER are kept."""
-
-    def __init__(self, netns: str | None, table: str) -> None:
-        self.netns = netns
-        self.table = table
-
-    def apply(self, new: Any, old: Any | None) -> None:
-        from . import kernel
-
-        kernel.apply(new, self.netns, self.table)
-
-
 def make_applier(netns: str | None, table: str) -> Applier:
     """The applier the watcher uses for event-driven changes (full syncs always use ``kernel.apply``).
 
     ``nftdocker.incremental.IncrementalApplier``: keeps the kernel's rule handles in memory and
     sends only the difference, in one transaction; it notices foreign commits (a full sync, a
-    user's ``nft`` command) through the kernel's notifications and reads the table again. Without
-    that module, ``FullReplace``.
+    user's ``nft`` command) through the kernel's notifications and reads the table again.
     """
-    try:
-        from .incremental import IncrementalApplier
-    except ImportError:
-        return FullReplace(netns, table)
+    from .incremental import IncrementalApplier
+
     return IncrementalApplier(netns, table)
 
 
@@ -167,10 +150,6 @@ class Watcher:
     def stop(self) -> None:
         """Make run() return soon (safe from a signal handler or another thread)."""
         self._stopping = True
-
-    @property
-    def stopped(self) -> bool:
-        return self._stopping
 
     def _wait(self, seconds: float) -> bool:
         """Sleep up to seconds, waking every POLL to look at the stop flag; True if stopped."""
@@ -418,4 +397,4 @@ def _describe(batch: list[dict[str, Any] | None]) -> str:
     return ", ".join(parts) or "events"
 
 
-__all__ = ["Watcher", "Change", "Applier", "FullReplace", "make_applier"]
+__all__ = ["Watcher", "Change", "Applier", "make_applier"]
