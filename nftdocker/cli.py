@@ -82,8 +82,10 @@ def load_scenario(args: argparse.Namespace):
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .generate import generate
+    from .kernel import check_table_name
     from .render import render_json, render_nft
 
+    check_table_name(args.table)
     gen = generate(load_scenario(args))
     rss = gen.rulesets
     if args.format == "json":

@@ -39,6 +39,7 @@ replays only that container's Docker calls and sends them, with no listing and n
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
@@ -46,6 +47,7 @@ import os
 import select
 import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -55,7 +57,7 @@ from typing import Any, Iterable, Literal
 
 from . import kernel, resume
 from .compat import parse_expr
-from .errors import ApplyError, CompatError, KernelError, NftdockerError
+from .errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
 from .generate import Firewall, Generated, Iptables
 from .ir import BASE_CHAINS, BUILTIN_CHAINS, Chain, Rule, Ruleset
 from .model import Container, Scenario
@@ -127,11 +129,13 @@ NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTABLES = 7
 SO_RCVBUFFORCE = 33
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
 NLM_F_REQUEST = 1
+NLM_F_DUMP = 0x300
 SUBSYS = 10 << 8  # NFNL_SUBSYS_NFTABLES
 MSG_NEWTABLE, MSG_GETTABLE, MSG_DELTABLE = 0, 1, 2
-MSG_NEWCHAIN, MSG_DELCHAIN = 3, 5
-MSG_NEWRULE, MSG_DELRULE = 6, 8
+MSG_NEWCHAIN, MSG_GETCHAIN, MSG_DELCHAIN = 3, 4, 5
+MSG_NEWRULE, MSG_GETRULE, MSG_DELRULE = 6, 7, 8
 MSG_NEWGEN, MSG_GETGEN = 15, 16
 NFPROTO = {"ip": 2, "ip6": 10}
 FAMILY_OF = {2: "ip", 10: "ip6"}
@@ -165,15 +169,32 @@ class Event:
     handle: int | None = None
     genid: int | None = None
     pid: int | None = None
+    #: tables: how many chains, sets and objects it holds (NFTA_TABLE_USE), and its comment
+    use: int | None = None
+    comment: str | None = None
 
 
-def _parse(buf: Any, n: int) -> Iterable[Event | int]:
-    """Events, or an errno for NLMSG_ERROR messages."""
+def _udata_comment(ud: bytes) -> str:
+    """The comment (libnftnl udata type 0) in a table's NFTA_TABLE_USERDATA, or ''."""
+    off = 0
+    while off + 2 <= len(ud):
+        ty, ln = ud[off], ud[off + 1]
+        if ty == 0:
+            return ud[off + 2:off + 2 + ln].split(b"\0", 1)[0].decode(errors="replace")
+        off += 2 + ln
+    return ""
+
+
+def _parse(buf: Any, n: int, done: bool = False) -> Iterable[Event | int | None]:
+    """Events, or an errno for NLMSG_ERROR messages; with ``done``, None for the end of a dump."""
     off = 0
     while off + 16 <= n:
         ln, ty, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, off)
         if ln < 16 or off + ln > n:
             break
+        if ty == NLMSG_DONE and done:
+            yield None
+            return
         if ty == NLMSG_ERROR:
             yield -struct.unpack_from("=i", buf, off + 16)[0]
         elif ty & 0xFF00 == SUBSYS and ln >= 20:
@@ -193,6 +214,10 @@ def _parse(buf: Any, n: int) -> Iterable[Event | int]:
                 ev.table = _str(buf, a.get(1))
                 if 4 in a:
                     ev.handle = struct.unpack_from(">Q", buf, a[4][0])[0]
+                if 3 in a:
+                    ev.use = struct.unpack_from(">I", buf, a[3][0])[0]
+                if 6 in a:
+                    ev.comment = _udata_comment(bytes(buf[a[6][0]:a[6][1]]))
             elif msg == MSG_NEWGEN:
                 if 1 in a:
                     ev.genid = struct.unpack_from(">I", buf, a[1][0])[0]
@@ -325,12 +350,81 @@ def ruleset_genid() -> int | None:
     return None
 
 
-def table_handle(family: str, table: str) -> int | None:
-    """The kernel's handle of ``table`` (unique until reboot), or None if it does not exist."""
+def table_info(family: str, table: str) -> Event | None:
+    """The kernel's table ``table`` (handle, use count, comment), or None if it does not exist."""
     for ev in _request(MSG_GETTABLE, NFPROTO[family], _nla_str(1, table)):
         if isinstance(ev, Event) and ev.msg == MSG_NEWTABLE:
-            return ev.handle
+            return ev
+        if ev == errno.EPERM:
+            raise EnvironmentProblem("changing or listing nftables needs root (CAP_NET_ADMIN): run nftdocker as root")
     return None
+
+
+def _dump(msg: int, family: int, attrs: bytes = b"", limit: int = 1 << 30) -> list[Event]:
+    """A netlink dump (NLM_F_DUMP) of ``msg``: every object, across as many messages as it takes."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    out: list[Event] = []
+    try:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        s.bind((0, 0))
+        hdr = struct.pack("=IHHII", 20 + len(attrs), SUBSYS | msg, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
+        s.send(hdr + struct.pack("=BBH", family, 0, 0) + attrs)
+        buf = bytearray(1 << 20)
+        got = 0
+        while got < limit:  # bounded by the bytes read
+            r, _, _ = select.select([s], [], [], 2.0)
+            if not r:
+                raise KernelError("the kernel did not finish a netlink dump within 2 s")
+            n = s.recv_into(buf)
+            got += n
+            for ev in _parse(buf, n, done=True):
+                if ev is None:
+                    return out
+                if isinstance(ev, int):
+                    if ev == errno.EPERM:
+                        raise EnvironmentProblem("listing nftables needs root (CAP_NET_ADMIN): run nftdocker as root")
+                    if ev:
+                        raise KernelError(f"netlink dump refused: {os.strerror(ev)}")
+                    continue
+                out.append(ev)
+        raise KernelError("a netlink dump did not end")
+    finally:
+        s.close()
+
+
+def chain_names(family: str, table: str) -> list[str]:
+    """The chains of ``table`` in the kernel's (creation) order."""
+    return [e.chain for e in _dump(MSG_GETCHAIN, NFPROTO[family]) if e.msg == MSG_NEWCHAIN and e.table == table]
+
+
+def rule_handles(family: str, table: str) -> dict[str, list[int | None]]:
+    """Per chain of ``table``, its rules' handles in order (one netlink dump, no expression parsed)."""
+    out: dict[str, list[int | None]] = {}
+    for e in _dump(MSG_GETRULE, NFPROTO[family], _nla_str(1, table)):
+        if e.msg == MSG_NEWRULE and e.table == table:
+            out.setdefault(e.chain, []).append(e.handle)
+    return out
+
+
+def table_handle(family: str, table: str) -> int | None:
+    """The kernel's handle of ``table`` (unique until reboot), or None if it does not exist."""
+    info = table_info(family, table)
+    return info.handle if info is not None else None
+
+
+def check_owned(family: str, table: str) -> bool:
+    """Is ``table`` there (True) or not (False)? Raises UsageError for a table nftdocker did not
+    create (no :data:`kernel.TABLE_MARK` comment): nftdocker neither changes nor removes it."""
+    info = table_info(family, table)
+    if info is None:
+        return False
+    if info.comment != kernel.TABLE_MARK:
+        raise UsageError(
+            f"table {family} {table} exists and was not created by nftdocker (its comment is not {kernel.TABLE_MARK!r}): "
+            f"nftdocker neither replaces nor removes it; choose another --table (if it is an older nftdocker's "
+            f"table, delete it once with: nft delete table {family} {table})")
+    return True
 
 
 def netns_id() -> list[int]:
@@ -357,17 +451,19 @@ class KTable:
     family: str
     handle: int | None
     chains: dict[str, KChain] = field(default_factory=dict)  # in the kernel's (creation) order
+    #: sets, maps and stateful objects in the table (all the user's: nftdocker makes none)
+    user_objects: int = 0
 
     def rule_count(self) -> int:
         return sum(len(c.keys) for c in self.chains.values())
 
     def to_json(self) -> dict[str, Any]:
-        return {"handle": self.handle,
+        return {"handle": self.handle, "user_objects": self.user_objects,
                 "chains": [[c.name, list(c.base) if c.base else None, c.policy, c.keys, c.handles] for c in self.chains.values()]}
 
     @classmethod
     def from_json(cls, family: str, d: dict[str, Any]) -> KTable:
-        t = cls(family, d.get("handle"))
+        t = cls(family, d.get("handle"), user_objects=d.get("user_objects", 0) if _is_int(d.get("user_objects", 0)) else 0)
         for name, base, policy, keys, handles in d["chains"]:
             t.chains[name] = KChain(name, tuple(base) if base else None, policy, list(keys), list(handles))  # type: ignore[arg-type]
         return t
@@ -417,6 +513,8 @@ def read_table(nft: kernel.Nft, family: str, table: str) -> KTable | None:
     for o in objs:
         if "table" in o:
             kt.handle = o["table"].get("handle")
+        elif not {"chain", "rule", "metainfo"} & set(o):
+            kt.user_objects += 1
         elif "chain" in o:
             c = o["chain"]
             base = (c["type"], c["hook"], int(c["prio"])) if "hook" in c else None
@@ -534,6 +632,10 @@ class IncrementalTransaction(kernel.Transaction):
     n_commands: int | None = None
     #: the same transaction one command per line (block form only), to name an offending command
     flat: Any = None
+    #: families whose table a full replace edits in place (the user's objects are kept there)
+    in_place: list[str] = field(default_factory=list)
+    #: per family replaced in place, the user's rules kept in filter-DOCKER-USER
+    kept: dict[str, int] = field(default_factory=dict)
 
     def commands(self) -> int:
         return self.n_commands if self.n_commands is not None else super().commands()
@@ -561,6 +663,9 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> Increme
         kt = views.get(fam)
         if fam not in fams:
             if kt is not None:
+                if kt.user_objects or any(not is_own_chain(n) for n in kt.chains) or \
+                        any(k != "return" for k in kt.chains.get(USER_CHAIN, KChain(USER_CHAIN)).keys):
+                    raise Replace(f"{fam}: the table is no longer needed, but holds the user's objects")
                 table_dels.append(f"delete table {fam} {table}")
                 tx.dropped.append(fam)
                 edits += 1
@@ -580,18 +685,21 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> Increme
 
         if kt is None:  # this family's table is new: create it whole
             after = KTable(fam, None)
-            chain_adds.append(f"add table {fam} {table}")
+            chain_adds.append(f"add table {fam} {table} {{ {kernel.TABLE_COMMENT} }}")
             for w in want.values():
                 edits += new_chain(w, after)
             tx.after[fam] = after
             continue
         # chains: kept ones must be a prefix of the wanted order (nft lists chains in creation order)
-        kept_names = [n for n in kt.chains if n in want]
-        if kept_names != list(want)[:len(kept_names)]:
+        # (filter-DOCKER-USER aside: a replace in place keeps it, and the user's chains, where they were)
+        kept_names = [n for n in kt.chains if n in want and n != USER_CHAIN]
+        if kept_names != [n for n in want if n != USER_CHAIN][:len(kept_names)]:
             raise Replace(f"{fam}: a chain would be created before existing ones")
-        after = KTable(fam, kt.handle)
+        after = KTable(fam, kt.handle, user_objects=kt.user_objects)
         for n, kc in kt.chains.items():
-            if n not in want:
+            if not is_own_chain(n):  # the user's chain: kept as it is
+                after.chains[n] = KChain(n, kc.base, kc.policy, list(kc.keys), list(kc.handles))
+            elif n not in want:
                 chain_dels.append(f"flush chain {fam} {table} {n}")
                 chain_dels.append(f"delete chain {fam} {table} {n}")
                 edits += 1
@@ -656,21 +764,78 @@ def _state_path(table: str) -> Path:
     return STATE_DIR / f"{dev}-{ino}-{table}.json"
 
 
-def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, Any] | None] | None:
-    """The views saved after our last commit here, if nothing has committed since; with its genid and checkpoint."""
-    try:
-        d = json.loads(_state_path(table).read_text())
-    except (OSError, ValueError):
-        return None
-    genid = d.get("genid")
-    if d.get("version") != 1 or d.get("netns") != netns_id() or genid != ruleset_genid():
-        return None
+STATE_LIMIT = 256 << 20  # bytes: a stored state larger than this is not read
+
+
+def _ignored(path: Path, why: str) -> None:
+    """One line on stderr: the stored state is not used (the table is listed instead)."""
+    print(f"nftdocker: ignoring the stored state {path}: {why}; listing the table instead", file=sys.stderr)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _views_of(d: Any) -> dict[str, KTable | None]:
+    """The views in a stored state document, checked for shape and type; raises ValueError."""
+    if not isinstance(d, dict) or not isinstance(d.get("tables"), dict):
+        raise ValueError("no 'tables'")
     views: dict[str, KTable | None] = {}
     for fam in FAMILIES:
         t = d["tables"].get(fam)
-        if table_handle(fam, table) != (t or {}).get("handle"):
+        if t is None:
+            views[fam] = None
+            continue
+        if not isinstance(t, dict) or not (t.get("handle") is None or _is_int(t["handle"])) or not isinstance(t.get("chains"), list):
+            raise ValueError(f"tables.{fam} is not a table")
+        for c in t["chains"]:
+            ok = (isinstance(c, list) and len(c) == 5 and isinstance(c[0], str)
+                  and (c[1] is None or (isinstance(c[1], list) and len(c[1]) == 3 and isinstance(c[1][0], str)
+                                        and isinstance(c[1][1], str) and _is_int(c[1][2])))
+                  and (c[2] is None or c[2] in ("accept", "drop"))
+                  and isinstance(c[3], list) and all(isinstance(k, str) for k in c[3])
+                  and isinstance(c[4], list) and len(c[4]) == len(c[3]) and all(h is None or _is_int(h) for h in c[4]))
+            if not ok:
+                raise ValueError(f"tables.{fam}: a chain is damaged")
+        views[fam] = KTable.from_json(fam, t)
+    return views
+
+
+def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, Any] | None] | None:
+    """The views saved after our last commit here, if nothing has committed since; with its genid
+    and checkpoint. The state is checked for shape, and bound to the kernel: the table's handle,
+    the ruleset generation, and every chain's rule handles (one netlink dump) must be what the
+    state says. Anything else is ignored (one line on stderr when the file is damaged or forged)."""
+    path = _state_path(table)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(STATE_LIMIT + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        _ignored(path, e.strerror or str(e))
+        return None
+    if len(raw) > STATE_LIMIT:
+        _ignored(path, f"larger than {STATE_LIMIT >> 20} MiB")
+        return None
+    try:
+        d = json.loads(raw)
+        views = _views_of(d)
+    except (ValueError, UnicodeDecodeError) as e:
+        _ignored(path, f"damaged ({e})")
+        return None
+    genid = d.get("genid")
+    if d.get("version") != 1 or d.get("netns") != netns_id() or not _is_int(genid) or genid != ruleset_genid():
+        return None  # written before another commit: stale, not damaged
+    for fam in FAMILIES:
+        kt = views[fam]
+        if table_handle(fam, table) != (kt.handle if kt is not None else None):
             return None
-        views[fam] = KTable.from_json(fam, t) if t else None
+        if kt is not None:
+            have = rule_handles(fam, table)
+            if any(have.get(name, []) != kc.handles for name, kc in kt.chains.items()) or not set(have) <= set(kt.chains):
+                _ignored(path, f"its view of table {fam} {table} is not the kernel's")
+                return None
     cp = d.get("checkpoint")
     return views, genid, (cp if isinstance(cp, dict) else None)
 
@@ -732,7 +897,7 @@ def kernel_views(nft: kernel.Nft, table: str, use_state: bool = True) -> tuple[d
             return stored[0], "state"
     views: dict[str, KTable | None] = {}
     for fam in FAMILIES:
-        views[fam] = read_table(nft, fam, table) if table_handle(fam, table) is not None else None
+        views[fam] = read_table(nft, fam, table) if check_owned(fam, table) else None
     return views, "listing"
 
 
@@ -780,30 +945,80 @@ def _learn(tx: IncrementalTransaction, events: list[Event], table: str) -> dict[
     return after
 
 
-def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
-    """The full replace, as :func:`kernel.full_transaction` builds it, with the view it leaves.
+def is_own_chain(name: str) -> bool:
+    """Is ``name`` one of nftdocker's chains (an iptables built-in or ``DOCKER*`` chain, as
+    ``<table>-<chain>``)? Every other chain in its tables is the user's and is kept."""
+    ipt_table, _, rest = name.partition("-")
+    return ipt_table in BUILTIN_CHAINS and (rest in BUILTIN_CHAINS[ipt_table] or rest == "DOCKER" or rest.startswith("DOCKER-"))
 
-    The text is nft's block form (``table ... { chain ... { ... } }``) after ``add table`` +
-    ``delete table``: libnftables parses it faster than one command per line, and it adds the
-    same objects in the same order. Each family's table is created anew, so the kernel numbers its
-    chains and then its rules 1, 2, ... in that order: the view's handles are known in advance.
-    ``tx.flat()`` gives the one-command-per-line form, to find an offending rule.
+
+@dataclass
+class Kept:
+    """What the user keeps in one of our tables (see :func:`user_content`)."""
+
+    own: list[str]  # our chains now in the table, in the kernel's order
+    user_rules: int  # rules in filter-DOCKER-USER other than a bare return
+    has_return: bool  # filter-DOCKER-USER holds a bare return
+
+
+def user_content(nft: kernel.Nft, family: str, table: str, info: Event) -> Kept | None:
+    """What the user keeps in our table, or None when there is nothing of the user's: no rule but
+    ``return`` in ``filter-DOCKER-USER``, no chain, set, map or stateful object of the user's."""
+    chains = chain_names(family, table)
+    own = [c for c in chains if is_own_chain(c)]
+    users, has_return = 0, False
+    if USER_CHAIN in own:
+        for o in nft.list_json(f"list chain {family} {table} {USER_CHAIN}"):
+            if "rule" in o:
+                if o["rule"].get("expr") == [{"return": None}]:
+                    has_return = True
+                else:
+                    users += 1
+    if users == 0 and len(own) == len(chains) and (info.use or 0) <= len(chains):
+        return None
+    return Kept(own, users, has_return)
+
+
+def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
+    """The full replace, with the view it leaves.
+
+    A table that holds nothing of the user's is replaced whole: ``add table`` + ``delete table``,
+    then the table in nft's block form (``table ... { chain ... { ... } }``; libnftables parses it
+    faster than one command per line, and it adds the same objects in the same order). Created
+    anew, the kernel numbers its chains and then its rules 1, 2, ... in that order: the view's
+    handles are known in advance. ``tx.flat()`` gives the one-command-per-line form, to find an
+    offending rule.
+
+    A table that holds the user's rules in ``filter-DOCKER-USER``, or chains, sets or other
+    objects of the user's, is replaced in place (:func:`in_place`): nothing of the user's is
+    deleted, so nothing of theirs is read back or parsed again.
     """
     tx = IncrementalTransaction(mode="full")
     fams = gen.families()
-    flat_parts: list[tuple[Any, ...]] = []
+    parts: list[Any] = []  # per family, what gives its commands one per line
     count = 0
     for fam in FAMILIES:
-        exists = table_handle(fam, table) is not None
+        info = table_info(fam, table) if check_owned(fam, table) else None
+        kept = user_content(nft, fam, table, info) if info is not None else None
+        if kept is not None:
+            part = in_place(gen.rulesets[fam] if fam in fams else None, fam, table, kept)
+            tx.extend(part)
+            parts.append(lambda part=part: part)
+            tx.in_place.append(fam)
+            tx.kept[fam] = kept.user_rules
+            tx.after[fam] = None
+            tx.added += sum(1 for l in part.lines if l.startswith("add rule"))
+            continue
         if fam not in fams:
-            if exists:
+            if info is not None:
                 tx.add(f"delete table {fam} {table}")
                 tx.dropped.append(fam)
+                parts.append(lambda fam=fam: kernel.Transaction([f"delete table {fam} {table}"]))
                 count += 1
             tx.after[fam] = None
             continue
-        users = kernel.user_rules(nft, fam, table) if exists else None
-        flat_parts.append((fam, users, exists))
+        exists = info is not None
+        parts.append(lambda fam=fam, exists=exists: kernel.full_transaction(gen.rulesets[fam], table, exists))
         if exists:
             tx.add(f"add table {fam} {table}")
             tx.add(f"delete table {fam} {table}")
@@ -811,20 +1026,18 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
         want = wanted(gen.rulesets[fam])
         kt = KTable(fam, None)
         tx.add(f"table {fam} {table} {{")
+        tx.add(f"\t{kernel.TABLE_COMMENT}")
         handle = len(want)
         count += 1 + len(want)
         for w in want.values():
             tx.add(f"\tchain {w.name} {{")
             if w.header:
                 tx.add(f"\t\t{w.header}")
-            keys = w.keys
-            if w.name == USER_CHAIN and users is not None:
-                keys = kernel.user_chain_rules(users)
-            tx.lines.extend([f"\t\t{k}" for k in keys])
+            tx.lines.extend([f"\t\t{k}" for k in w.keys])
             tx.add("\t}")
-            kt.chains[w.name] = KChain(w.name, w.base, w.policy, list(keys), list(range(handle + 1, handle + 1 + len(keys))))
-            handle += len(keys)
-            count += len(keys)
+            kt.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), list(range(handle + 1, handle + 1 + len(w.keys))))
+            handle += len(w.keys)
+            count += len(w.keys)
         tx.add("}")
         tx.after[fam] = kt
         tx.added += kt.rule_count()
@@ -832,13 +1045,40 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
 
     def flat() -> kernel.Transaction:
         ft = kernel.Transaction()
-        for fam in tx.dropped:
-            ft.add(f"delete table {fam} {table}")
-        for fam, users, exists in flat_parts:
-            ft.extend(kernel.full_transaction(gen.rulesets[fam], table, users, exists))
+        for part in parts:
+            ft.extend(part())
         return ft
 
     tx.flat = flat
+    return tx
+
+
+def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept) -> kernel.Transaction:
+    """Our chains of ``fam``'s table replaced in place, one command per line: the user's objects
+    and ``filter-DOCKER-USER`` stay as they are (it gets a ``return`` only if it has none); with
+    ``rs`` None our chains are removed. The kernel's new handles are not known in advance, so the
+    table is listed again next time."""
+    tx = kernel.Transaction()
+    redo = [c for c in kept.own if c != USER_CHAIN]
+    for c in redo:
+        tx.add(f"flush chain {fam} {table} {c}")
+    for c in redo:
+        tx.add(f"delete chain {fam} {table} {c}")
+    if rs is None:
+        return tx
+    keep_user = USER_CHAIN in kept.own
+    chains = nft_chains(rs)
+    for c in chains:
+        if not (c.nft_name == USER_CHAIN and keep_user):
+            hdr = chain_header(c)
+            tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
+    for c in chains:
+        if c.nft_name == USER_CHAIN and keep_user:
+            if not kept.has_return:
+                tx.add(f"add rule {fam} {table} {USER_CHAIN} return", "setupUserChain")
+            continue
+        for r in c.rules:
+            tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
     return tx
 
 
@@ -873,6 +1113,9 @@ def _commit(nft: kernel.Nft, tx: kernel.Transaction, table: str, check: bool,
     if tx.mode == "full":
         g0 = ruleset_genid()
         _run(nft, tx)
+        if tx.in_place:  # the kernel's handles of what was replaced in place are not known
+            g1 = ruleset_genid()
+            return None, (g1 if g0 is not None and g1 == (g0 + 1) & 0xFFFFFFFF else None)
         after = dict(tx.after)
         for fam, kt in after.items():
             if kt is not None:
@@ -977,15 +1220,21 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
 def _resume(nft: kernel.Nft, sc: Scenario, views: dict[str, KTable | None], genid: int,
             cp: dict[str, Any], table: str) -> tuple[Result, Generated] | None:
     """Replay the containers ``sc`` appends to the checkpoint's host and send their calls; None: not possible."""
-    n_new = resume.appended(cp, sc)
-    if n_new is None:
-        return None
     tables = {f: ({n: kc.keys for n, kc in kt.chains.items()} if kt is not None else None) for f, kt in views.items()}
     try:
+        n_new = resume.appended(cp, sc)
+        if n_new is None:
+            return None
         fw = resume.ResumedFirewall(sc, cp, tables)
         fw.add_containers(sc, sc.containers[len(sc.containers) - n_new:])
+    except resume.Damaged as e:
+        _ignored(_state_path(table), f"{e}")
+        return None
     except (resume.Unsupported, NftdockerError):
         return None  # the whole host is generated instead (and says what is wrong, if anything is)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        _ignored(_state_path(table), f"unreadable checkpoint: {type(e).__name__}: {e}")
+        return None
     got = ops_transaction(views, fw.logs(), table)
     if got is None:
         return None
@@ -1044,7 +1293,7 @@ def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace:
             tx.flat = flat_with_extra
     commit(nft, tx, table, check, store=store and not extra, checkpoint=checkpoint)  # with extra commands the view is not known
     return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check,
-                  _kept_user_rules(tx.after, gen.families()), reason)
+                  {**_kept_user_rules(tx.after, gen.families()), **tx.kept}, reason)
 
 
 # ---------------------------------------------------------------------- the long-running path

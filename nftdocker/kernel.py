@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -32,12 +33,18 @@ NETNS_DIR = Path("/run/netns")
 LOCK_DIR = Path("/run/nftdocker")
 RESERVED_TABLES = {"filter", "nat", "raw", "mangle", "security", "docker-bridges", "firewalld", "broute"}
 USER_CHAIN = "filter-DOCKER-USER"
+#: the comment nftdocker gives every table it creates; a table of that name without it is not ours
+TABLE_MARK = "managed by nftdocker"
+TABLE_COMMENT = f'comment "{TABLE_MARK}";'
+NFT_FAMILIES = {"ip", "ip6", "inet", "arp", "bridge", "netdev"}
 _NAME_OK = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
 
 
 def check_table_name(table: str) -> str:
     if not _NAME_OK.match(table):
         raise UsageError(f"--table {table!r}: use letters, digits, '_', '.', '-' (at most 64)")
+    if table in NFT_FAMILIES:
+        raise UsageError(f"--table {table!r} is an nft family name, not a table name")
     if table in RESERVED_TABLES:
         raise UsageError(f"--table {table!r} belongs to iptables-nft, Docker or firewalld; nftdocker only touches its own tables")
     return table
@@ -67,8 +74,9 @@ def netns(name: str | None) -> Iterator[None]:
     if not name:
         yield
         return
+    check_netns_name(name)
     path = NETNS_DIR / name
-    if "/" in name or not path.exists():
+    if not path.exists():
         raise EnvironmentProblem(f"no network namespace {name!r} (ip netns list shows them; create one with: ip netns add {name})")
     if os.geteuid() != 0:
         raise EnvironmentProblem("entering a network namespace needs root: run nftdocker as root")
@@ -89,26 +97,78 @@ def netns(name: str | None) -> Iterator[None]:
         os.close(here)
 
 
+def check_netns_name(name: str | None) -> str | None:
+    """``--netns`` takes an ``ip netns`` name, never a path: no '/', not '.' or '..' (exit 2)."""
+    if name is None:
+        return None
+    if not name or "/" in name or "\0" in name or name in (".", "..") or len(name.encode()) > 255:
+        raise UsageError(f"--netns {name!r}: not a network namespace name (an `ip netns` name: no '/', not '.' or '..')")
+    return name
+
+
+def netns_identity(name: str | None) -> tuple[int, int]:
+    """(device, inode) of the namespace's nsfs file: the same whichever way a caller entered it."""
+    check_netns_name(name)
+    path = NETNS_DIR / name if name else Path("/proc/thread-self/ns/net")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EnvironmentProblem(f"no network namespace {name!r} (ip netns list shows them; create one with: ip netns add {name})") from None
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot read network namespace {name or 'of this process'}: {e.strerror}") from None
+    return st.st_dev, st.st_ino
+
+
 @contextlib.contextmanager
 def lock(name: str | None, timeout: float = 60.0) -> Iterator[None]:
-    """One nftdocker change at a time per namespace (an flock under /run/nftdocker)."""
+    """One nftdocker change at a time per network namespace: an flock on a file named for the
+    namespace's identity (not its name), so ``--netns X`` and ``ip netns exec X nftdocker`` share it.
+
+    The file is removed when the change is done; a waiter that then holds a removed file retries.
+    """
+    dev, ino = netns_identity(name)
+    path = LOCK_DIR / f"netns-{dev}-{ino}.lock"
+    where = f"namespace {name!r}" if name else "this network namespace"
     try:
-        LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        fd = os.open(LOCK_DIR / f"{name or 'host'}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    except PermissionError:
-        raise EnvironmentProblem(f"cannot create a lock in {LOCK_DIR}: run nftdocker as root") from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
+        LOCK_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise EnvironmentProblem(f"{LOCK_DIR} is not a directory: nftdocker keeps its locks and state there") from None
+    except OSError as e:
+        raise EnvironmentProblem(f"cannot create {LOCK_DIR}: {e.strerror}") from None
+    deadline = time.monotonic() + timeout
+    for _ in range(100000):  # bounded: each pass either locks, waits 20 ms, or finds the file replaced
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise EnvironmentProblem(f"cannot create a lock in {LOCK_DIR}: {e.strerror}"
+                                     + (": run nftdocker as root" if e.errno == errno.EACCES else "")) from None
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise EnvironmentProblem(f"another nftdocker change in {where} held the lock for {timeout:.0f} s") from None
+                    time.sleep(0.02)
+            held = os.fstat(fd)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise EnvironmentProblem(f"another nftdocker change in {name or 'this namespace'} held the lock for {timeout:.0f} s") from None
-                time.sleep(0.02)
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino):
+            break
+        os.close(fd)  # the holder removed it as we waited: lock the file that is there now
+    else:
+        raise EnvironmentProblem(f"cannot take the lock for {where}")
+    try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
         os.close(fd)
 
 
@@ -168,35 +228,6 @@ def _raise_environment(err: str) -> None:
         raise EnvironmentProblem("this kernel has no nf_tables (CONFIG_NF_TABLES); load the nf_tables module")
 
 
-def table_exists(nft: Nft, family: str, table: str) -> bool:
-    rc, _, err = nft.list_text(f"list table {family} {table}")
-    if rc != 0:
-        _raise_environment(err)
-    return rc == 0
-
-
-def user_rules(nft: Nft, family: str, table: str) -> list[str] | None:
-    """The rules now in ``filter-DOCKER-USER`` as nft text, in order; None if the chain is absent."""
-    rc, out, err = nft.list_text(f"list chain {family} {table} {USER_CHAIN}")
-    if rc != 0:
-        _raise_environment(err)
-        return None
-    lines = out.splitlines()
-    rules: list[str] = []
-    inside = False
-    for l in lines:
-        s = l.strip()
-        if s.startswith(f"chain {USER_CHAIN}"):
-            inside = True
-            continue
-        if inside:
-            if s == "}":
-                break
-            if s and not s.startswith("type "):
-                rules.append(s)
-    return rules
-
-
 # ---------------------------------------------------------------------- transactions
 
 
@@ -226,29 +257,19 @@ class Transaction:
         self.origins.update({base + k: v for k, v in part.origins.items()})
 
 
-def user_chain_rules(users: list[str]) -> list[str]:
-    """What a replaced ``filter-DOCKER-USER`` holds: the user's rules, then setupUserChain's
-    ``-A DOCKER-USER -j RETURN`` if absent."""
-    return list(users) + ([] if "return" in users else ["return"])
-
-
-def full_transaction(rs: Ruleset, table: str, kept_user_rules: list[str] | None, exists: bool) -> Transaction:
-    """Replace one family's table: [add + delete] + add table, chains, then rules (Docker's order)."""
+def full_transaction(rs: Ruleset, table: str, exists: bool) -> Transaction:
+    """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order)."""
     tx = Transaction()
     fam = rs.family
     if exists:
         tx.add(f"add table {fam} {table}")
         tx.add(f"delete table {fam} {table}")
-    tx.add(f"add table {fam} {table}")
+    tx.add(f"add table {fam} {table} {{ {TABLE_COMMENT} }}")
     chains = nft_chains(rs)
     for c in chains:
         hdr = chain_header(c)
         tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
     for c in chains:
-        if c.nft_name == USER_CHAIN and kept_user_rules is not None:
-            for line in user_chain_rules(kept_user_rules):
-                tx.add(f"add rule {fam} {table} {c.nft_name} {line}", f"{c.nft_name}: kept user rule")
-            continue
         for r in c.rules:
             tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
     return tx
@@ -313,19 +334,21 @@ def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TA
 
 
 def remove(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[str]:
-    """Delete nftdocker's tables (both families) in one transaction; returns the families removed."""
+    """Delete nftdocker's tables (both families) in one transaction; returns the families removed.
+
+    A table of that name that nftdocker did not create (no :data:`TABLE_MARK`) is refused, exit 2."""
     check_table_name(table)
+    from .incremental import check_owned, forget  # incremental builds on this module
+
     with lock(netns_name), netns(netns_name):
         nft = Nft()
-        fams = [f for f in ("ip", "ip6") if table_exists(nft, f, table)]
+        fams = [f for f in ("ip", "ip6") if check_owned(f, table)]
         if fams:
             rc, _, err = nft.run("".join(f"delete table {f} {table}\n" for f in fams))
             if rc != 0:
                 _raise_environment(err)
                 raise KernelError(f"the kernel refused to delete the tables: {err.strip()}")
-        from .incremental import forget
-
-        forget(netns_name, table)
+        forget(None, table)
         return fams
 
 

@@ -37,6 +37,10 @@ class Unsupported(Exception):
     """The change cannot be replayed on the checkpoint: generate the whole host."""
 
 
+class Damaged(Unsupported):
+    """The checkpoint is not one this code wrote (damaged or forged)."""
+
+
 def _digest(obj: Any) -> str:
     # The model is frozen dataclasses of tuples, strings, numbers and ipaddress values: repr() is
     # deterministic across processes (no sets, no dicts).
@@ -156,7 +160,7 @@ class ResumedFirewall(Firewall):
         try:
             self._restore(cp)
         except (KeyError, TypeError, ValueError) as e:
-            raise Unsupported(f"unreadable checkpoint: {e!r}") from None
+            raise Damaged(f"unreadable checkpoint: {e!r}") from None
 
     def _restore(self, cp: Mapping[str, Any]) -> None:
         f4, f6 = cp["forwarding"]

@@ -190,8 +190,16 @@ def test_user_rules_in_docker_user_are_kept(two_ns):
                     "handle", _handle_of(ns, "filter-DOCKER-USER", "return")], check=True)
     res = inc.apply(inc.generate_fast(synthetic.with_container(sc, synthetic.new_container(sc))), ns)
     assert res.mode == "incremental" and res.view == "listing"  # someone else committed: the state was not trusted
-    user = kernel.user_rules(_Nft(ns), "ip", TABLE)
+    user = _chain_rules(ns, "filter-DOCKER-USER")
     assert user == ['iifname "eth9" drop', "return"]  # kept, and the return put back as a full replace does
+
+
+def _chain_rules(ns: str, chain: str) -> list[str]:
+    """The rules of ``chain`` as ``nft list chain`` prints them."""
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "chain", "ip", TABLE, chain],
+                         capture_output=True, text=True, check=True).stdout
+    body = [l.strip() for l in out.splitlines()]
+    return [l for l in body[body.index(next(l for l in body if l.startswith("chain "))) + 1:] if l and l != "}" and not l.startswith(("type ", "}"))]
 
 
 def _handle_of(ns: str, chain: str, text: str) -> str:
