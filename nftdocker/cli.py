@@ -7,15 +7,17 @@ Exit statuses: 0 success; 1 differences found (diff, verify); 2 bad input or usa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import gc
 import json
 import os
 import sys
-from pathlib import Path
+import tempfile
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .errors import NftdockerError, UsageError
+from .errors import EnvironmentProblem, NftdockerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,25 +29,58 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _write(args: argparse.Namespace, text: str) -> None:
-    """To ``-o FILE`` (replaced whole, atomically) or standard output."""
+    """To ``-o FILE`` (see ``write_file``) or standard output."""
     out = getattr(args, "output", None)
     if out and out != "-":
-        tmp = Path(out + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out)
-        except OSError as e:
-            raise UsageError(f"{out}: cannot write: {e.strerror}") from None
+        write_file(out, text)
     else:
         sys.stdout.write(text)
 
 
-def read_reference(path: str) -> str:
-    """A reference file's text (iptables rules, whatever the encoding); bad path: UsageError."""
+#: A failure of the host while writing (exit 3); any other failure to write -o FILE is the path's (exit 2).
+_HOST_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def write_file(path: str, text: str) -> None:
+    """Replace ``path`` whole and atomically with ``text``.
+
+    The text goes to a uniquely named temporary file in the same directory, created exclusively
+    (so nothing planted there, a symlink above all, is followed or overwritten), then renamed onto
+    ``path``; a symlink at ``path`` is itself replaced, not followed. On any failure the temporary
+    file is removed and ``path`` is left as it was. A directory, a missing directory or a
+    permission refused is the path's fault (UsageError, exit 2); no space or an I/O error is the
+    host's (EnvironmentProblem, exit 3).
+    """
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: is a directory; -o takes a file name")
+    directory = os.path.dirname(path) or "."
+    tmp = None
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # the mode a plain open(path, "w") would give
+            f.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        if e.errno == errno.EISDIR:
+            raise UsageError(f"{path}: is a directory; -o takes a file name") from None
+        if e.errno in _HOST_WRITE_ERRNOS:
+            raise EnvironmentProblem(f"{path}: cannot write: {e.strerror}") from None
+        raise UsageError(f"{path}: cannot write: {e.strerror}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def read_reference(path: str) -> str:
+    """A reference file's text (iptables rules, whatever the encoding), read by ``inputs.read_bytes``."""
+    from .inputs import read_bytes
+
+    return read_bytes(path).decode("utf-8", errors="replace")
 
 
 def add_live_args(p: argparse.ArgumentParser, title: str, docker_host_help: str) -> None:

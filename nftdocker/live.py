@@ -136,17 +136,17 @@ def scenario_from_live(
 
     from . import scenario as sc
     from .errors import ScenarioError
+    from .inputs import read_bytes
 
     doc: dict[str, Any] = {}
     path = daemon_config or (DEFAULT_DAEMON_CONFIG if Path(DEFAULT_DAEMON_CONFIG).is_file() else None)
     if path:
+        data = read_bytes(path)
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScenarioError(str(path), "", "no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ScenarioError(str(path), "", f"cannot read: {e}") from None
-        except json.JSONDecodeError as e:
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ScenarioError(str(path), "", f"not UTF-8 text (byte {e.start})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ScenarioError(str(path), "", f"not JSON: {e}") from None
         if not isinstance(raw, dict):
             raise ScenarioError(str(path), "", "expected a JSON object (dockerd's daemon.json)")

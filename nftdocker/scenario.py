@@ -536,19 +536,13 @@ def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str]) -> Con
 
 
 def load(path: str | Path) -> Scenario:
-    """Load a scenario file; raise ScenarioError on anything wrong."""
-    p = Path(path)
-    source = str(path)
-    ctx = _Ctx(source)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ctx.fail("", "no such file") from None
-    except IsADirectoryError:
-        raise ctx.fail("", "is a directory, not a scenario file") from None
-    except OSError as e:
-        raise ctx.fail("", f"cannot read: {e.strerror}") from None
-    return loads(data, source=source, base=p.parent)
+    """Load a scenario file (``-``: standard input); raise ScenarioError on anything wrong."""
+    from .inputs import STDIN, STDIN_NAME, read_bytes
+
+    data = read_bytes(path, stdin=True)
+    if str(path) == STDIN:
+        return loads(data, source=STDIN_NAME, base=Path("."))
+    return loads(data, source=str(path), base=Path(path).parent)
 
 
 def loads(data: bytes | str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
@@ -579,14 +573,7 @@ def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = Non
         if inspect is None:
             rel = _expect(ctx, "docker-inspect", doc["docker-inspect"], str)
             dump_path = base / rel
-            try:
-                inspect = json.loads(dump_path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ctx.fail("docker-inspect", f"no such file: {dump_path}") from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise ctx.fail("docker-inspect", f"cannot read {dump_path}: {e}") from None
-            except json.JSONDecodeError as e:
-                raise ScenarioError(str(dump_path), "", f"not JSON: {e}") from None
+            inspect = read_inspect(ctx, dump_path)
             ictx = _Ctx(str(dump_path))
         else:
             ictx = ctx
@@ -670,6 +657,22 @@ def _created(obj: dict[str, Any]) -> datetime:
         return datetime.min
     frac = (m.group(2) or "0")[:6].ljust(6, "0")
     return datetime.fromisoformat(f"{m.group(1)}.{frac}")
+
+
+def read_inspect(ctx: _Ctx, dump_path: Path) -> Any:
+    """The JSON of the dump that ``docker-inspect`` names (read by ``inputs.read_bytes``)."""
+    from .inputs import read_bytes
+
+    try:
+        data = read_bytes(dump_path)
+    except ScenarioError as e:
+        raise ctx.fail("docker-inspect", f"{dump_path}: {e.problem}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ScenarioError(str(dump_path), "", f"not UTF-8 text (byte {e.start})") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise ScenarioError(str(dump_path), "", f"not JSON: {e}") from None
 
 
 def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], list[Container]]:
