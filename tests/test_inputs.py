@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import json
 import os
 import shutil
 import stat
@@ -13,11 +14,15 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from conftest import COMPAT, ROOT, RULESETS, SHARED_REFERENCE
 from conftest import run_cli as run
 from nftdocker import cli, inputs
-from nftdocker.errors import EnvironmentProblem, ScenarioError, UsageError
+from nftdocker.errors import EnvironmentProblem, GenerationError, ScenarioError, UsageError
+from nftdocker.generate import generate
+from nftdocker.scenario import _Ctx, from_document
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 SEED_DOC = COMPAT / "usernet-portmap-noproxy" / "iptablesdoc.txt"
@@ -186,3 +191,246 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch, err, e
 
 def test_output_into_a_missing_directory_is_exit_2(tmp_path):
     _one_line_exit_2(run("compat", SEED, "-o", tmp_path / "nodir" / "x"), "nodir/x: cannot write: No such file or directory")
+
+
+# ----------------------------------------------------------------------------- docker inspect dumps: types
+
+DUMPS = sorted(SHARED_REFERENCE.glob("*/docker-inspect.json"))
+PORTMAP = SHARED_REFERENCE / "usernet-portmap" / "docker-inspect.json"
+
+
+def _load_dump(dump, source="d.json"):
+    return from_document(_Ctx(source), {}, Path("."), inspect=dump)
+
+
+def _portmap():
+    return json.loads(PORTMAP.read_text())
+
+
+def _c1(dump):
+    return next(c for c in dump["containers"] if c["Name"] == "/c1")
+
+
+def _bridge1(dump):
+    return next(n for n in dump["networks"] if n["Name"] == "bridge1")
+
+
+def test_the_real_dumps_load():
+    assert len(DUMPS) >= 18
+    for p in DUMPS:
+        _load_dump(json.loads(p.read_text()), str(p))
+
+
+def _edit_ports_string(d):
+    _c1(d)["NetworkSettings"]["Ports"] = "x"
+
+
+def _edit_internal_yes(d):
+    _bridge1(d)["Internal"] = "yes"
+
+
+def _edit_settings_null(d):
+    _c1(d)["NetworkSettings"] = None
+
+
+def _edit_no_networks(d):
+    del _c1(d)["NetworkSettings"]["Networks"]
+
+
+def _edit_networks_null(d):
+    _c1(d)["NetworkSettings"]["Networks"] = None
+
+
+def _edit_hostport_99999(d):
+    _c1(d)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] = "99999"
+
+
+def _edit_requested_hostport_70000(d):
+    for c in d["containers"]:
+        c["NetworkSettings"]["Ports"] = {}
+    _c1(d)["HostConfig"]["PortBindings"]["80/tcp"][0]["HostPort"] = "70000"
+
+
+def _edit_hostip_garbage(d):
+    _c1(d)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostIp"] = "x"
+
+
+def _edit_endpoint_null(d):
+    _c1(d)["NetworkSettings"]["Networks"]["bridge1"] = None
+
+
+def _edit_gw_priority_string(d):
+    _c1(d)["NetworkSettings"]["Networks"]["bridge1"]["GwPriority"] = "1"
+
+
+def _edit_option_number(d):
+    _bridge1(d)["Options"]["com.docker.network.bridge.enable_icc"] = 0
+
+
+def _index(d, pred, kind):
+    return next(i for i, o in enumerate(d[kind]) if pred(o))
+
+
+@pytest.mark.parametrize("edit, key, problem", [
+    (_edit_ports_string, "NetworkSettings.Ports", "expected an object, got string 'x'"),
+    (_edit_internal_yes, "Internal", "expected a boolean, got string 'yes'"),
+    (_edit_settings_null, "NetworkSettings", "expected an object, got null"),
+    (_edit_no_networks, "NetworkSettings.Networks", "required key is missing"),
+    (_edit_networks_null, "NetworkSettings.Networks", "expected an object, got null"),
+    (_edit_hostport_99999, "NetworkSettings.Ports.80/tcp[0].HostPort", "'99999' is not a port 0-65535"),
+    (_edit_requested_hostport_70000, "HostConfig.PortBindings.80/tcp[0].HostPort", "'70000' is not a port 0-65535"),
+    (_edit_hostip_garbage, "NetworkSettings.Ports.80/tcp[0].HostIp", "'x' is not an IP address"),
+    (_edit_endpoint_null, "NetworkSettings.Networks.bridge1", "expected an object, got null"),
+    (_edit_gw_priority_string, "NetworkSettings.Networks.bridge1.GwPriority", "expected an integer, got string '1'"),
+    (_edit_option_number, "Options.com.docker.network.bridge.enable_icc", "expected a string, got number 0"),
+])
+def test_a_wrong_value_in_a_dump_is_one_located_line(tmp_path, edit, key, problem):
+    d = _portmap()
+    edit(d)
+    if key in ("Internal", "Options.com.docker.network.bridge.enable_icc"):
+        where = f"networks[{_index(d, lambda n: n['Name'] == 'bridge1', 'networks')}]"
+    else:
+        where = f"containers[{_index(d, lambda c: c['Name'] == '/c1', 'containers')}]"
+    dump = tmp_path / "dump.json"
+    dump.write_text(json.dumps(d))
+    s = tmp_path / "s.toml"
+    s.write_text('docker-inspect = "dump.json"\n')
+    _one_line_exit_2(run("compat", s), f"nftdocker: {dump}: {where}.{key}: {problem}\n")
+
+
+def test_a_container_sharing_anothers_network_has_no_networks_and_is_valid():
+    # `docker run --network container:c1` lists no endpoint of its own: Networks is an empty object
+    d = _portmap()
+    other = json.loads(json.dumps(_c1(d)))
+    other.update(Name="/c2", Id="f" * 64)
+    other["HostConfig"].update(NetworkMode="container:" + _c1(d)["Id"], PortBindings={})
+    other["NetworkSettings"].update(Networks={}, Ports={})
+    d["containers"].append(other)
+    sc = _load_dump(d)
+    assert [(c.name, c.networks) for c in sc.containers] == [("c1", ("bridge1",)), ("c2", ())]
+
+
+def _paths(v, path=""):
+    """Every (path, value) under v, in the loader's key notation: a.b, a[0]."""
+    if isinstance(v, dict):
+        for k, x in v.items():
+            p = f"{path}.{k}" if path else k
+            yield p, x
+            yield from _paths(x, p)
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            p = f"{path}[{i}]"
+            yield p, x
+            yield from _paths(x, p)
+
+
+def _set(doc, path, value):
+    import re
+
+    parts = re.findall(r"\[(\d+)\]|\.?([^.\[]+)", path)
+    # map keys may hold dots ("com.docker.network.bridge.name", "80/tcp" does not): walk by what exists
+    node, i = doc, 0
+    tokens = [(int(a) if a else b) for a, b in parts]
+    while True:
+        t = tokens[i]
+        if isinstance(t, str):
+            j = i + 1
+            while t not in node:
+                t = f"{t}.{tokens[j]}"
+                j += 1
+            i = j
+        else:
+            i += 1
+        if i == len(tokens):
+            node[t] = value
+            return
+        node = node[t]
+
+
+#: The keys the loader reads (as regular expressions over the path) and the JSON types it takes there.
+#: A value of another type at one of them must be refused naming exactly that key.
+_O, _L, _S, _B, _I, _N = dict, list, str, bool, int, type(None)
+READ = [
+    (r"networks\[\d+\]", (_O,)),
+    (r"networks\[\d+\]\.(Name|Driver|Id|Created)", (_S,)),
+    (r"networks\[\d+\]\.(Ingress|Internal|EnableIPv6)", (_B,)),
+    (r"networks\[\d+\]\.Options", (_O, _N)),
+    (r"networks\[\d+\]\.Options\..+", (_S,)),
+    (r"networks\[\d+\]\.IPAM", (_O,)),
+    (r"networks\[\d+\]\.IPAM\.Config", (_L, _N)),
+    (r"networks\[\d+\]\.IPAM\.Config\[\d+\]", (_O,)),
+    (r"networks\[\d+\]\.IPAM\.Config\[\d+\]\.(Subnet|Gateway)", (_S,)),
+    (r"containers\[\d+\]", (_O,)),
+    (r"containers\[\d+\]\.(Name|Created)", (_S,)),
+    (r"containers\[\d+\]\.(NetworkSettings|HostConfig|Config)", (_O,)),
+    (r"containers\[\d+\]\.NetworkSettings\.Networks", (_O,)),
+    (r"containers\[\d+\]\.NetworkSettings\.Networks\.[^.]+", (_O,)),
+    (r"containers\[\d+\]\.NetworkSettings\.Networks\.[^.]+\.(IPAddress|GlobalIPv6Address)", (_S,)),
+    (r"containers\[\d+\]\.NetworkSettings\.Networks\.[^.]+\.GwPriority", (_I,)),
+    (r"containers\[\d+\]\.(NetworkSettings\.Ports|HostConfig\.PortBindings)", (_O, _N)),
+    (r"containers\[\d+\]\.(NetworkSettings\.Ports|HostConfig\.PortBindings)\.[^.\[]+", (_L, _N)),
+    (r"containers\[\d+\]\.(NetworkSettings\.Ports|HostConfig\.PortBindings)\.[^.\[]+\[\d+\]", (_O,)),
+    (r"containers\[\d+\]\.(NetworkSettings\.Ports|HostConfig\.PortBindings)\.[^.\[]+\[\d+\]\.(HostIp|HostPort)", (_S,)),
+    (r"containers\[\d+\]\.HostConfig\.NetworkMode", (_S,)),
+    (r"containers\[\d+\]\.HostConfig\.Links", (_L, _N)),
+    (r"containers\[\d+\]\.HostConfig\.Links\[\d+\]", (_S,)),
+    (r"containers\[\d+\]\.Config\.ExposedPorts", (_O, _N)),
+]
+OTHER_VALUES = [None, True, False, 0, -1, 99999, 1.5, "", "x", "99999", "192.0.2.300", [], ["x"], [{}], {}, {"x": 1}]
+
+
+def _reads(path):
+    import re
+
+    for pattern, types in READ:
+        if re.fullmatch(pattern, path):
+            return types
+    return None
+
+
+def _dump_and_path():
+    def pick(p):
+        d = json.loads(p.read_text())
+        return st.sampled_from(list(_paths(d))).map(lambda pv: (p, pv[0], pv[1]))
+
+    return st.sampled_from(DUMPS).flatmap(pick)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_dump_and_path(), st.sampled_from(OTHER_VALUES))
+def test_fuzz_a_wrong_type_at_any_key_of_the_real_dumps(target, value):
+    """A value of another type anywhere in a real dump: a valid model, or a ScenarioError naming the
+    file and key (exactly that key where the loader reads it); never another exception."""
+    path_of_dump, path, old = target
+    assume(type(value) is not type(old))
+    d = json.loads(path_of_dump.read_text())
+    _set(d, path, value)
+    types = _reads(path)
+    try:
+        sc = _load_dump(d, "d.json")
+    except ScenarioError as e:
+        assert str(e).startswith("d.json: ") and e.key, str(e)
+        if types is not None and type(value) not in types:
+            assert e.key == path, (path, str(e))
+        return
+    assert types is None or type(value) in types, f"{path} = {value!r} was taken without a word"
+    try:
+        generate(sc)
+    except GenerationError as e:
+        assert "d.json" in str(e)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.integers(-70000, 140000).map(str), st.text(alphabet="0123456789-x ", max_size=7)))
+def test_fuzz_host_ports(text):
+    d = _portmap()
+    _c1(d)["NetworkSettings"]["Ports"]["80/tcp"][0]["HostPort"] = text
+    try:
+        sc = _load_dump(d)
+    except ScenarioError as e:
+        assert e.key.endswith(".NetworkSettings.Ports.80/tcp[0].HostPort"), str(e)
+        assert not (text.isdigit() and int(text) <= 65535) or text == ""
+        return
+    assert text == "" or (text.isdigit() and 0 <= int(text) <= 65535) or "-" in text
+    ports = {p.host_port for p in sc.containers[0].publish}
+    assert all(0 <= p <= 65535 for p in ports)
