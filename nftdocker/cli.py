@@ -16,7 +16,7 @@ import sys
 import tempfile
 from typing import Any, Callable, Sequence
 
-from . import __version__
+from . import DOCKER_ENGINE_VERSION, __version__
 from .errors import EnvironmentProblem, NftdockerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -101,15 +101,28 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     add_live_args(p, "live Docker Engine instead of a scenario file", "read networks and containers from this Docker Engine")
 
 
+def live_scenario(args: argparse.Namespace):
+    """The Scenario of the Engine at ``--docker-host`` (with ``--daemon-config`` and the forwarding flags).
+
+    Its warnings (an Engine that is not 28.x) are printed, one line each, on standard error and kept
+    in ``args.warnings`` for the command's ``--json`` output."""
+    from .live import scenario_from_live
+
+    args.warnings = []
+    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding,
+                           warnings=args.warnings)
+    for line in args.warnings:
+        print(f"nftdocker: warning: {line}", file=sys.stderr)
+    return s
+
+
 def load_scenario(args: argparse.Namespace):
     from . import scenario as sc
 
     if getattr(args, "docker_host", None):
         if args.scenario:
             raise UsageError("give either SCENARIO or --docker-host, not both")
-        from .live import scenario_from_live
-
-        return scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
+        return live_scenario(args)
     if not args.scenario:
         raise UsageError("give a SCENARIO file or --docker-host URL")
     return sc.load(args.scenario)
@@ -153,7 +166,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
     if args.json:
-        print(json.dumps({"identical": not lines, "tables": tables, "diff": lines}, indent=2))
+        print(json.dumps({"identical": not lines, "tables": tables, "diff": lines,
+                          "warnings": getattr(args, "warnings", [])}, indent=2))
     else:
         for l in lines:
             print(l)
@@ -177,6 +191,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "kept_user_rules": res.kept_user_rules,
         "generation": res.generation,
         "replayed_containers": res.replayed,
+        "warnings": getattr(args, "warnings", []),
     }
     if res.sysctls is not None:
         report["sysctls"] = res.sysctls
@@ -227,8 +242,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nftdocker", description="Docker 28.0.1's bridge firewall as native nftables.")
-    p.add_argument("--version", action="version", version=f"nftdocker {__version__}")
+    p = _Parser(prog="nftdocker", description=f"Docker {DOCKER_ENGINE_VERSION}'s bridge firewall as native nftables.")
+    p.add_argument("--version", action="version",
+                   version=f"nftdocker {__version__} (the bridge-network firewall of Docker Engine {DOCKER_ENGINE_VERSION})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("render", help="print the nft table(s) for a scenario")
