@@ -342,7 +342,10 @@ def _set(doc, path, value):
         else:
             i += 1
         if i == len(tokens):
-            node[t] = value
+            if value is DELETE:
+                del node[t]
+            else:
+                node[t] = value
             return
         node = node[t]
 
@@ -376,6 +379,8 @@ READ = [
     (r"containers\[\d+\]\.HostConfig\.Links\[\d+\]", (_S,)),
     (r"containers\[\d+\]\.Config\.ExposedPorts", (_O, _N)),
 ]
+#: Not a value: the key (or array element) is taken out.
+DELETE = type("Delete", (), {"__repr__": lambda self: "DELETE"})()
 OTHER_VALUES = [None, True, False, 0, -1, 99999, 1.5, "", "x", "99999", "192.0.2.300", [], ["x"], [{}], {}, {"x": 1}]
 
 
@@ -397,15 +402,15 @@ def _dump_and_path():
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_dump_and_path(), st.sampled_from(OTHER_VALUES))
+@given(_dump_and_path(), st.sampled_from(OTHER_VALUES + [DELETE]))
 def test_fuzz_a_wrong_type_at_any_key_of_the_real_dumps(target, value):
-    """A value of another type anywhere in a real dump: a valid model, or a ScenarioError naming the
-    file and key (exactly that key where the loader reads it); never another exception."""
+    """A value of another type (or none) anywhere in a real dump: a valid model, or a ScenarioError
+    naming the file and key (exactly that key where the loader reads it); never another exception."""
     path_of_dump, path, old = target
     assume(type(value) is not type(old))
     d = json.loads(path_of_dump.read_text())
     _set(d, path, value)
-    types = _reads(path)
+    types = _reads(path) if value is not DELETE else None
     try:
         sc = _load_dump(d, "d.json")
     except ScenarioError as e:
@@ -434,3 +439,25 @@ def test_fuzz_host_ports(text):
     assert text == "" or (text.isdigit() and 0 <= int(text) <= 65535) or "-" in text
     ports = {p.host_port for p in sc.containers[0].publish}
     assert all(0 <= p <= 65535 for p in ports)
+
+
+def test_every_key_of_a_real_dump_with_every_other_type():
+    """The fuzz test's property, exhaustively over one dump: every path, every other type, and deletion."""
+    base = _portmap()
+    cases = 0
+    for path, old in list(_paths(base)):
+        for value in OTHER_VALUES + [DELETE]:
+            if type(value) is type(old):
+                continue
+            d = json.loads(json.dumps(base))
+            _set(d, path, value)
+            types = _reads(path) if value is not DELETE else None
+            cases += 1
+            try:
+                _load_dump(d, "d.json")
+            except ScenarioError as e:
+                assert str(e).startswith("d.json: ") and e.key, str(e)
+                assert types is None or type(value) in types or e.key == path, (path, value, str(e))
+                continue
+            assert types is None or type(value) in types, f"{path} = {value!r} was taken without a word"
+    assert cases > 1500
