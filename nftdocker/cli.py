@@ -12,6 +12,7 @@ import errno
 import gc
 import json
 import os
+import stat
 import sys
 import tempfile
 from typing import Any, Callable, Sequence
@@ -46,13 +47,20 @@ def write_file(path: str, text: str) -> None:
 
     The text goes to a uniquely named temporary file in the same directory, created exclusively
     (so nothing planted there, a symlink above all, is followed or overwritten), then renamed onto
-    ``path``; a symlink at ``path`` is itself replaced, not followed. On any failure the temporary
-    file is removed and ``path`` is left as it was. A directory, a missing directory or a
-    permission refused is the path's fault (UsageError, exit 2); no space or an I/O error is the
-    host's (EnvironmentProblem, exit 3).
+    ``path``; a symlink at ``path`` to a regular file (or to nothing) is itself replaced, not
+    followed. On any failure the temporary file is removed and ``path`` is left as it was. A
+    directory or anything else that is not a regular file (a device, FIFO, socket: ``/dev/null``
+    must not become a file), a missing directory or a permission refused is the path's fault
+    (UsageError, exit 2); no space or an I/O error is the host's (EnvironmentProblem, exit 3).
     """
-    if os.path.isdir(path):
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # nothing there (or unreachable: the temporary file's creation says why)
+    if mode is not None and stat.S_ISDIR(mode):
         raise UsageError(f"{path}: is a directory; -o takes a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: is not a regular file; -o replaces a regular file (give - for standard output)")
     directory = os.path.dirname(path) or "."
     tmp = None
     try:

@@ -159,6 +159,28 @@ def test_output_follows_no_symlink_planted_beside_it(tmp_path):
     assert _files(tmp_path) == {"victim", "rules.nft", "rules.nft.tmp"}
 
 
+def test_output_to_a_fifo_or_a_link_to_one_is_refused_and_leaves_it(tmp_path):
+    # as /dev/null or /dev/stdout would be: replacing them with a file would break the host
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link"
+    link.symlink_to(fifo)
+    for target in (fifo, link):
+        _one_line_exit_2(run("render", SEED, "-o", target, timeout=QUICK), f"{target}: is not a regular file")
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink()
+    assert _files(tmp_path) == {"fifo", "link"}
+
+
+def test_a_symlink_at_the_output_is_replaced_not_followed(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    out = tmp_path / "out"
+    out.symlink_to(victim)
+    assert run("compat", SEED, "-o", out).returncode == 0
+    assert victim.read_text() == "precious\n" and not out.is_symlink()
+    assert out.read_text().startswith("*raw\n")
+
+
 def test_output_replaces_the_file_whole_with_the_usual_mode(tmp_path):
     out = tmp_path / "c.txt"
     out.write_text("old content that is much longer than the new one\n" * 1000)
