@@ -134,3 +134,15 @@ def test_watch_warns_once_per_engine_version(engines, netns):
     w.sync("reconnected")
     assert len(warned) == 2 and "'27.5.1', not 28.x" in warned[1]
     assert [json.loads(l)["kind"] for l in logs] == ["warning", "sync", "sync", "warning", "sync"]
+
+
+def test_a_live_engine_answering_a_wrong_type_is_one_located_line(tmp_path):
+    """What a live Engine answers goes through the dump loader: a wrong type is one located line, exit 2."""
+    dump = json.loads(json.dumps(DUMP))
+    i = next(i for i, n in enumerate(sorted(dump["networks"], key=lambda n: n["Name"])) if n["Name"] == "bridge1")
+    next(n for n in dump["networks"] if n["Name"] == "bridge1")["Internal"] = "yes"
+    with FakeEngine(tmp_path / "d.sock", dump) as e:
+        r = run("compat", "--docker-host", e.host, timeout=60)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"nftdocker: Docker daemon at {e.host}: networks[{i}].Internal: "
+                        "expected a boolean, got string 'yes'\n")
