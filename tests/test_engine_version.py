@@ -5,8 +5,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -14,12 +12,9 @@ pytest.importorskip("docker", reason="the docker SDK is not installed (pip insta
 
 from conftest import SHARED_REFERENCE, needs_netns
 from conftest import run_cli as run
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fake_engine import FakeEngine  # noqa: E402
-
-from nftdocker import DOCKER_ENGINE_VERSION, __version__  # noqa: E402
-from nftdocker.live import engine_warning, scenario_from_live  # noqa: E402
+from fake_engine import FakeEngine
+from nftdocker import DOCKER_ENGINE_VERSION, __version__
+from nftdocker.live import engine_warning, scenario_from_live
 
 CASE = "multi"
 DUMP = json.loads((SHARED_REFERENCE / CASE / "docker-inspect.json").read_text())
