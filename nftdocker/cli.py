@@ -7,15 +7,18 @@ Exit statuses: 0 success; 1 differences found (diff, verify); 2 bad input or usa
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import gc
 import json
 import os
+import stat
 import sys
-from pathlib import Path
+import tempfile
 from typing import Any, Callable, Sequence
 
-from . import __version__
-from .errors import NftdockerError, UsageError
+from . import DOCKER_ENGINE_VERSION, __version__
+from .errors import EnvironmentProblem, NftdockerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -27,25 +30,65 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _write(args: argparse.Namespace, text: str) -> None:
-    """To ``-o FILE`` (replaced whole, atomically) or standard output."""
+    """To ``-o FILE`` (see ``write_file``) or standard output."""
     out = getattr(args, "output", None)
     if out and out != "-":
-        tmp = Path(out + ".tmp")
-        try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, out)
-        except OSError as e:
-            raise UsageError(f"{out}: cannot write: {e.strerror}") from None
+        write_file(out, text)
     else:
         sys.stdout.write(text)
 
 
-def read_reference(path: str) -> str:
-    """A reference file's text (iptables rules, whatever the encoding); bad path: UsageError."""
+#: A failure of the host while writing (exit 3); any other failure to write -o FILE is the path's (exit 2).
+_HOST_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO})
+
+
+def write_file(path: str, text: str) -> None:
+    """Replace ``path`` whole and atomically with ``text``.
+
+    The text goes to a uniquely named temporary file in the same directory, created exclusively
+    (so nothing planted there, a symlink above all, is followed or overwritten), then renamed onto
+    ``path``; a symlink at ``path`` to a regular file (or to nothing) is itself replaced, not
+    followed. On any failure the temporary file is removed and ``path`` is left as it was. A
+    directory or anything else that is not a regular file (a device, FIFO, socket: ``/dev/null``
+    must not become a file), a missing directory or a permission refused is the path's fault
+    (UsageError, exit 2); no space or an I/O error is the host's (EnvironmentProblem, exit 3).
+    """
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None  # nothing there (or unreachable: the temporary file's creation says why)
+    if mode is not None and stat.S_ISDIR(mode):
+        raise UsageError(f"{path}: is a directory; -o takes a file name")
+    if mode is not None and not stat.S_ISREG(mode):
+        raise UsageError(f"{path}: is not a regular file; -o replaces a regular file (give - for standard output)")
+    directory = os.path.dirname(path) or "."
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(f.fileno(), 0o666 & ~mask)  # the mode a plain open(path, "w") would give
+            f.write(text.encode("utf-8"))
+        os.replace(tmp, path)
+        tmp = None
     except OSError as e:
-        raise UsageError(f"{path}: cannot read: {e.strerror}") from None
+        if e.errno == errno.EISDIR:
+            raise UsageError(f"{path}: is a directory; -o takes a file name") from None
+        if e.errno in _HOST_WRITE_ERRNOS:
+            raise EnvironmentProblem(f"{path}: cannot write: {e.strerror}") from None
+        raise UsageError(f"{path}: cannot write: {e.strerror}") from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def read_reference(path: str) -> str:
+    """A reference file's text (iptables rules, whatever the encoding), read by ``inputs.read_bytes``."""
+    from .inputs import read_bytes
+
+    return read_bytes(path).decode("utf-8", errors="replace")
 
 
 def add_live_args(p: argparse.ArgumentParser, title: str, docker_host_help: str) -> None:
@@ -66,15 +109,28 @@ def add_scenario_args(p: argparse.ArgumentParser) -> None:
     add_live_args(p, "live Docker Engine instead of a scenario file", "read networks and containers from this Docker Engine")
 
 
+def live_scenario(args: argparse.Namespace):
+    """The Scenario of the Engine at ``--docker-host`` (with ``--daemon-config`` and the forwarding flags).
+
+    Its warnings (an Engine that is not 28.x) are printed, one line each, on standard error and kept
+    in ``args.warnings`` for the command's ``--json`` output."""
+    from .live import scenario_from_live
+
+    args.warnings = []
+    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding,
+                           warnings=args.warnings)
+    for line in args.warnings:
+        print(f"nftdocker: warning: {line}", file=sys.stderr)
+    return s
+
+
 def load_scenario(args: argparse.Namespace):
     from . import scenario as sc
 
     if getattr(args, "docker_host", None):
         if args.scenario:
             raise UsageError("give either SCENARIO or --docker-host, not both")
-        from .live import scenario_from_live
-
-        return scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
+        return live_scenario(args)
     if not args.scenario:
         raise UsageError("give a SCENARIO file or --docker-host URL")
     return sc.load(args.scenario)
@@ -120,7 +176,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
     if args.json:
-        print(json.dumps({"identical": not lines, "tables": tables, "diff": lines}, indent=2))
+        print(json.dumps({"identical": not lines, "tables": tables, "diff": lines,
+                          "warnings": getattr(args, "warnings", [])}, indent=2))
     else:
         for l in lines:
             print(l)
@@ -144,6 +201,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
         "kept_user_rules": res.kept_user_rules,
         "generation": res.generation,
         "replayed_containers": res.replayed,
+        "warnings": getattr(args, "warnings", []),
     }
     if res.sysctls is not None:
         report["sysctls"] = res.sysctls
@@ -194,8 +252,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="nftdocker", description="Docker 28.0.1's bridge firewall as native nftables.")
-    p.add_argument("--version", action="version", version=f"nftdocker {__version__}")
+    p = _Parser(prog="nftdocker", description=f"Docker {DOCKER_ENGINE_VERSION}'s bridge firewall as native nftables.")
+    p.add_argument("--version", action="version",
+                   version=f"nftdocker {__version__} (the bridge-network firewall of Docker Engine {DOCKER_ENGINE_VERSION})")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     r = sub.add_parser("render", help="print the nft table(s) for a scenario")

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from nftdocker import DOCKER_ENGINE_VERSION
 from nftdocker.errors import DockerError
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -41,7 +43,16 @@ def fetch_inspect(docker_host: str | None = None, *, timeout: float = DEFAULT_TI
     None means ``$DOCKER_HOST`` (with ``$DOCKER_TLS_VERIFY``/``$DOCKER_CERT_PATH``), else
     ``unix:///var/run/docker.sock``.
     """
+    return _fetch(docker_host, timeout)[0]
+
+
+def _fetch(docker_host: str | None, timeout: float) -> tuple[dict[str, list[dict[str, Any]]], str | None]:
+    """``fetch_inspect``'s dump and the Engine's version (its /version ``Version``; None if it gave none)."""
     with _client(docker_host, timeout) as (client, url, docker_errors):
+        with _translate(url, timeout, "asking its version"):
+            answer = client.version(api_version=False)
+        version = answer.get("Version") if isinstance(answer, dict) else None
+
         def inspect_all(kind: str, listed_by: Any, inspect: Any, label: Any) -> list[dict[str, Any]]:
             """List objects, then inspect each; one removed in between is skipped."""
             with _translate(url, timeout, f"listing {kind}s"):
@@ -58,7 +69,20 @@ def fetch_inspect(docker_host: str | None = None, *, timeout: float = DEFAULT_TI
         networks = inspect_all("network", client.networks, client.inspect_network, lambda n: n.get("Name") or n["Id"])
         networks.sort(key=lambda n: str(n.get("Name", "")))
         containers = inspect_all("container", client.containers, client.inspect_container, lambda c: c["Id"][:12])
-    return {"networks": networks, "containers": containers}
+    return {"networks": networks, "containers": containers}, version if isinstance(version, str) else None
+
+
+def engine_warning(url: str, version: str | None) -> str | None:
+    """The one-line warning for an Engine whose firewall is not the one nftdocker writes (not 28.x), else None."""
+    if version is not None and re.match(r"28\.", version):
+        return None
+    if version is None:
+        said = "did not say which version it is"
+    else:
+        shown = "".join(ch if ch.isprintable() else "?" for ch in " ".join(version.split()))
+        said = f"is version {shown[:40]!r}, not 28.x"
+    return (f"the Docker Engine at {url} {said}: nftdocker writes the firewall of Docker Engine "
+            f"{DOCKER_ENGINE_VERSION}, which may differ from the rules this Engine would write")
 
 
 def events(
@@ -125,28 +149,30 @@ def scenario_from_live(
     ipv6_forwarding: str | bool | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
+    warnings: list[str] | None = None,
 ) -> Any:
     """The Scenario of a running daemon: networks and containers from ``fetch_inspect``, ``[daemon]``
     from its daemon.json (``daemon_config``, else /etc/docker/daemon.json if it exists; only the keys
     a scenario's ``[daemon]`` takes, less ``iptables``/``ip6tables``, which such a daemon has off
     because nftdocker writes its firewall), ``[host]`` from the two forwarding arguments ("true"/
-    "false" or bool; None keeps the scenario default)."""
+    "false" or bool; None keeps the scenario default). If the Engine is not 28.x, ``engine_warning``'s
+    line is appended to ``warnings``."""
     import json
     from pathlib import Path
 
     from . import scenario as sc
     from .errors import ScenarioError
+    from .inputs import read_bytes
 
     doc: dict[str, Any] = {}
     path = daemon_config or (DEFAULT_DAEMON_CONFIG if Path(DEFAULT_DAEMON_CONFIG).is_file() else None)
     if path:
+        data = read_bytes(path)
         try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ScenarioError(str(path), "", "no such file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise ScenarioError(str(path), "", f"cannot read: {e}") from None
-        except json.JSONDecodeError as e:
+            raw = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ScenarioError(str(path), "", f"not UTF-8 text (byte {e.start})") from None
+        except (json.JSONDecodeError, RecursionError) as e:
             raise ScenarioError(str(path), "", f"not JSON: {e}") from None
         if not isinstance(raw, dict):
             raise ScenarioError(str(path), "", "expected a JSON object (dockerd's daemon.json)")
@@ -157,8 +183,11 @@ def scenario_from_live(
             host[key] = value if isinstance(value, bool) else str(value).lower() == "true"
     if host:
         doc["host"] = host
-    dump = fetch_inspect(docker_host, timeout=timeout)
+    dump, version = _fetch(docker_host, timeout)
     url, _ = _base_url(docker_host)
+    warning = engine_warning(url, version)
+    if warning and warnings is not None:
+        warnings.append(warning)
     return sc.from_document(sc._Ctx(f"Docker daemon at {url}"), doc, Path("."), inspect=dump)
 
 

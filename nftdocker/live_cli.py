@@ -46,13 +46,10 @@ def register(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .cli import _write, live_scenario
     from .export import export_scenario
-    from .live import scenario_from_live
 
-    from .cli import _write
-
-    s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding)
-    _write(args, export_scenario(s))
+    _write(args, export_scenario(live_scenario(args)))
     return 0
 
 

@@ -536,19 +536,13 @@ def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str]) -> Con
 
 
 def load(path: str | Path) -> Scenario:
-    """Load a scenario file; raise ScenarioError on anything wrong."""
-    p = Path(path)
-    source = str(path)
-    ctx = _Ctx(source)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise ctx.fail("", "no such file") from None
-    except IsADirectoryError:
-        raise ctx.fail("", "is a directory, not a scenario file") from None
-    except OSError as e:
-        raise ctx.fail("", f"cannot read: {e.strerror}") from None
-    return loads(data, source=source, base=p.parent)
+    """Load a scenario file (``-``: standard input); raise ScenarioError on anything wrong."""
+    from .inputs import STDIN, STDIN_NAME, read_bytes
+
+    data = read_bytes(path, stdin=True)
+    if str(path) == STDIN:
+        return loads(data, source=STDIN_NAME, base=Path("."))
+    return loads(data, source=str(path), base=Path(path).parent)
 
 
 def loads(data: bytes | str, source: str = "<scenario>", base: Path | None = None) -> Scenario:
@@ -579,14 +573,7 @@ def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = Non
         if inspect is None:
             rel = _expect(ctx, "docker-inspect", doc["docker-inspect"], str)
             dump_path = base / rel
-            try:
-                inspect = json.loads(dump_path.read_text(encoding="utf-8"))
-            except FileNotFoundError:
-                raise ctx.fail("docker-inspect", f"no such file: {dump_path}") from None
-            except (OSError, UnicodeDecodeError) as e:
-                raise ctx.fail("docker-inspect", f"cannot read {dump_path}: {e}") from None
-            except json.JSONDecodeError as e:
-                raise ScenarioError(str(dump_path), "", f"not JSON: {e}") from None
+            inspect = read_inspect(ctx, dump_path)
             ictx = _Ctx(str(dump_path))
         else:
             ictx = ctx
@@ -663,20 +650,78 @@ def _check_links(ctx: _Ctx, containers: list[Container]) -> None:
 # --------------------------------------------------------------------------- docker inspect
 
 
-def _created(obj: dict[str, Any]) -> datetime:
-    text = str(obj.get("Created", ""))
+def read_inspect(ctx: _Ctx, dump_path: Path) -> Any:
+    """The JSON of the dump that ``docker-inspect`` names (read by ``inputs.read_bytes``)."""
+    from .inputs import read_bytes
+
+    try:
+        data = read_bytes(dump_path)
+    except ScenarioError as e:
+        raise ctx.fail("docker-inspect", f"{dump_path}: {e.problem}") from None
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ScenarioError(str(dump_path), "", f"not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ScenarioError(str(dump_path), "", "not JSON this reader takes: nested too deeply") from None
+    except json.JSONDecodeError as e:
+        raise ScenarioError(str(dump_path), "", f"not JSON: {e}") from None
+
+
+#: ``_get``'s default for a key that Docker always writes: missing is bad input.
+_REQUIRED: Any = object()
+_JSON_TYPE = {bool: "a boolean", str: "a string", list: "an array", dict: "an object", int: "an integer"}
+
+
+def _get(ctx: _Ctx, obj: dict[str, Any], where: str, key: str, t: type, default: Any = None, *, null: bool = False) -> Any:
+    """``obj[key]`` of JSON type ``t``; ``default`` when the key is missing (or is null, with ``null``:
+    Docker writes null for an empty Go map or slice). Any other value is a located error."""
+    path = f"{where}.{key}" if where else key
+    if key not in obj:
+        if default is _REQUIRED:
+            raise ctx.fail(path, "required key is missing")
+        return default
+    value = obj[key]
+    if value is None and null:
+        return default
+    return _typed(ctx, path, value, t)
+
+
+def _typed(ctx: _Ctx, path: str, value: Any, t: type) -> Any:
+    """``value`` if it is of JSON type ``t`` (an integer is not a boolean); else a located error."""
+    if not isinstance(value, t) or (t is int and isinstance(value, bool)):
+        raise ctx.fail(path, f"expected {_JSON_TYPE[t]}, got {_describe_json(value)}")
+    return value
+
+
+def _describe_json(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "an object"
+    return _describe(value)
+
+
+def _created(ctx: _Ctx, where: str, obj: dict[str, Any]) -> datetime:
+    text = _get(ctx, obj, where, "Created", str, "")
     m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text)
     if not m:
         return datetime.min
     frac = (m.group(2) or "0")[:6].ljust(6, "0")
-    return datetime.fromisoformat(f"{m.group(1)}.{frac}")
+    try:
+        return datetime.fromisoformat(f"{m.group(1)}.{frac}")
+    except ValueError:
+        raise ctx.fail(f"{where}.Created", f"{text!r} is not a time") from None
 
 
 def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], list[Container]]:
-    """Networks and containers from ``docker inspect`` output (mixed array or {networks, containers})."""
+    """Networks and containers from ``docker inspect`` output (mixed array or {networks, containers}).
+
+    Every key read must have the JSON type Docker writes there (null only where Docker writes null
+    for an empty map or list); anything else is a ScenarioError naming the key."""
     if isinstance(dump, dict) and set(dump) <= {"networks", "containers"}:
-        nets_raw = _expect(ctx, "networks", dump.get("networks", []), list)
-        ctrs_raw = _expect(ctx, "containers", dump.get("containers", []), list)
+        nets_raw = _get(ctx, dump, "", "networks", list, [])
+        ctrs_raw = _get(ctx, dump, "", "containers", list, [])
         objs = [("networks", i, o) for i, o in enumerate(nets_raw)] + [
             ("containers", i, o) for i, o in enumerate(ctrs_raw)
         ]
@@ -689,7 +734,7 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
     for kind, i, o in objs:
         where = f"{kind}[{i}]" if kind else f"[{i}]"
         if not isinstance(o, dict):
-            raise ctx.fail(where, f"expected an inspect object, got {_describe(o)}")
+            raise ctx.fail(where, f"expected an inspect object, got {_describe_json(o)}")
         is_net = "IPAM" in o or "Driver" in o and "Scope" in o
         is_ctr = "NetworkSettings" in o or "HostConfig" in o
         if kind == "networks" or (not kind and is_net and not is_ctr):
@@ -698,50 +743,55 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
             containers_in.append((where, o))
         else:
             raise ctx.fail(where, "neither a network nor a container inspect object")
-    networks_in.sort(key=lambda t: _created(t[1]))
-    containers_in.sort(key=lambda t: _created(t[1]))
+    created = {id(o): _created(ctx, where, o) for where, o in networks_in + containers_in}
+    networks_in.sort(key=lambda t: created[id(t[1])])
+    containers_in.sort(key=lambda t: created[id(t[1])])
 
     ids: dict[str, str] = {}
     user_nets: list[Network] = []
     by_id: dict[str, str] = {}
     dflt = default_bridge(daemon)
     for where, o in networks_in:
-        name = o.get("Name")
-        _expect(ctx, f"{where}.Name", name, str)
-        driver = o.get("Driver", "bridge")
-        if o.get("Ingress"):
+        name = _get(ctx, o, where, "Name", str, _REQUIRED)
+        driver = _get(ctx, o, where, "Driver", str, "bridge")
+        if _get(ctx, o, where, "Ingress", bool, False):
             raise ctx.fail(f"{where}.Ingress", f"network {name!r} is swarm's ingress network; swarm is out of scope")
+        internal = _get(ctx, o, where, "Internal", bool, False)
+        ipv6 = _get(ctx, o, where, "EnableIPv6", bool, False)
+        ident = _get(ctx, o, where, "Id", str, "")
+        opts_raw = _get(ctx, o, where, "Options", dict, {}, null=True)
+        opts = {str(k): _get(ctx, opts_raw, f"{where}.Options", k, str) for k in opts_raw}
+        ipam = _get(ctx, o, where, "IPAM", dict, {})
+        cfgs = _get(ctx, ipam, f"{where}.IPAM", "Config", list, [], null=True)
+        pools: list[tuple[str, str, str]] = []  # (key, Subnet, Gateway) of each IPAM.Config entry
+        for j, c in enumerate(cfgs):
+            ckey = f"{where}.IPAM.Config[{j}]"
+            _typed(ctx, ckey, c, dict)
+            pools.append((ckey, _get(ctx, c, ckey, "Subnet", str, ""), _get(ctx, c, ckey, "Gateway", str, "")))
         if driver != "bridge":
             continue
-        ident = str(o.get("Id", ""))
         by_id[ident] = name
-        opts_raw = o.get("Options") or {}
-        _expect(ctx, f"{where}.Options", opts_raw, dict)
-        opts = {str(k): str(v) for k, v in opts_raw.items()}
         if opts.get(OPT_BRIDGE + "default_bridge") == "true" or name == DEFAULT_BRIDGE_NETWORK:
             continue  # the default bridge comes from [daemon]
         ids[name] = ident
-        cfgs = ((o.get("IPAM") or {}).get("Config")) or []
-        _expect(ctx, f"{where}.IPAM.Config", cfgs, list)
         subs: list[Any] = []
         gws: list[IPAddress] = []
-        for j, c in enumerate(cfgs):
-            ckey = f"{where}.IPAM.Config[{j}]"
-            _expect(ctx, ckey, c, dict)
-            s = _prefix(ctx, f"{ckey}.Subnet", c.get("Subnet"))
+        for ckey, subnet, gw in pools:
+            if not subnet:
+                raise ctx.fail(f"{ckey}.Subnet", "required key is missing or empty")
+            s = _prefix(ctx, f"{ckey}.Subnet", subnet)
             subs.append(s)
-            gws.append(_addr(ctx, f"{ckey}.Gateway", c["Gateway"]) if c.get("Gateway") else _first_host(s))
+            gws.append(_addr(ctx, f"{ckey}.Gateway", gw) if gw else _first_host(s))
         order = sorted(range(len(subs)), key=lambda j: subs[j].version)
         subs = [subs[j] for j in order]
         gws = [gws[j] for j in order]
-        ipv6 = bool(o.get("EnableIPv6"))
         s4 = tuple(s for s in subs if s.version == 4)
         s6 = tuple(s for s in subs if s.version == 6) if ipv6 else ()
         gws = [g for g in gws if g.version == 4 or ipv6]
         user_nets.append(
             network_from_options(
                 ctx, where, _check_name(ctx, f"{where}.Name", name, "network"), s4, s6, gws,
-                bool(o.get("Internal")), ipv6 and bool(s6), opts, ids,
+                internal, ipv6 and bool(s6), opts, ids,
             )
         )
     networks = ([dflt] if dflt else []) + user_nets
@@ -756,14 +806,16 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
 def _container_from_inspect(
     ctx: _Ctx, where: str, o: dict[str, Any], known: set[str], by_id: dict[str, str]
 ) -> Container:
-    name = str(o.get("Name", "")).lstrip("/")
+    name = _get(ctx, o, where, "Name", str, _REQUIRED).lstrip("/")
     _check_name(ctx, f"{where}.Name", name, "container")
-    settings = o.get("NetworkSettings") or {}
-    _expect(ctx, f"{where}.NetworkSettings", settings, dict)
-    nets_raw = settings.get("Networks") or {}
-    _expect(ctx, f"{where}.NetworkSettings.Networks", nets_raw, dict)
-    host_config = o.get("HostConfig") or {}
-    mode = str(host_config.get("NetworkMode", "") or "")
+    # Docker always writes NetworkSettings and its Networks, an object (empty for --network
+    # container:ID; "host" and "none" are listed by name): without them the dump is not Docker's.
+    settings = _get(ctx, o, where, "NetworkSettings", dict, _REQUIRED)
+    skey = f"{where}.NetworkSettings"
+    nets_raw = _get(ctx, settings, skey, "Networks", dict, _REQUIRED)
+    host_config = _get(ctx, o, where, "HostConfig", dict, {})
+    hkey = f"{where}.HostConfig"
+    mode = _get(ctx, host_config, hkey, "NetworkMode", str, "")
     if mode == "default":
         mode = DEFAULT_BRIDGE_NETWORK
     names = [n for n in nets_raw]
@@ -772,30 +824,35 @@ def _container_from_inspect(
     addrs: list[tuple[str, IPAddress]] = []
     prio: list[tuple[str, int]] = []
     for n in names:
-        ep = nets_raw[n] or {}
-        nkey = f"{where}.NetworkSettings.Networks.{n}"
+        ep = _get(ctx, nets_raw, f"{skey}.Networks", n, dict)
+        nkey = f"{skey}.Networks.{n}"
+        ip4 = _get(ctx, ep, nkey, "IPAddress", str, "")
+        ip6 = _get(ctx, ep, nkey, "GlobalIPv6Address", str, "")
+        gwp = _get(ctx, ep, nkey, "GwPriority", int, 0)
         if n not in known:
             continue  # host/none/macvlan: no bridge firewall
-        if not ep.get("IPAddress") and not ep.get("GlobalIPv6Address"):
+        if not ip4 and not ip6:
             continue  # not running: no endpoint
         networks.append(n)
-        gwp = ep.get("GwPriority")
-        if isinstance(gwp, int) and not isinstance(gwp, bool) and gwp:
+        if gwp:
             prio.append((n, gwp))
-        if ep.get("IPAddress"):
-            addrs.append((n, _addr(ctx, f"{nkey}.IPAddress", ep["IPAddress"])))
-        if ep.get("GlobalIPv6Address"):
-            addrs.append((n, _addr(ctx, f"{nkey}.GlobalIPv6Address", ep["GlobalIPv6Address"])))
-    publish = _ports_from_inspect(ctx, where, host_config, settings) if networks else []
+        if ip4:
+            addrs.append((n, _addr(ctx, f"{nkey}.IPAddress", ip4)))
+        if ip6:
+            addrs.append((n, _addr(ctx, f"{nkey}.GlobalIPv6Address", ip6)))
+    publish = _ports_from_inspect(ctx, where, host_config, settings)
+    if not networks:
+        publish = []
     expose: list[tuple[int, str]] = []
-    for k in (o.get("Config") or {}).get("ExposedPorts") or {}:
+    config = _get(ctx, o, where, "Config", dict, {})
+    for k in _get(ctx, config, f"{where}.Config", "ExposedPorts", dict, {}, null=True):
         port, _, proto = str(k).partition("/")
         if port.isdigit() and (proto or "tcp") in PROTOS:
             expose.append((int(port), proto or "tcp"))
     links: list[Link] = []
-    for j, l in enumerate(host_config.get("Links") or []):
+    for j, l in enumerate(_get(ctx, host_config, hkey, "Links", list, [], null=True)):
         # "/c1:/c2/alias"
-        target, _, alias_path = str(l).partition(":")
+        target, _, alias_path = _typed(ctx, f"{hkey}.Links[{j}]", l, str).partition(":")
         links.append(Link(target.lstrip("/"), alias_path.rsplit("/", 1)[-1]))
     return Container(
         name=name,
@@ -808,37 +865,56 @@ def _container_from_inspect(
     )
 
 
+def _inspect_port(ctx: _Ctx, key: str, text: str, lowest: int) -> tuple[int, int]:
+    """A port (or ``LO-HI``) in a dump: the numbers ``lowest``-65535."""
+    m = _PORT_RE.match(text)
+    lo, hi = (int(m.group(1)), int(m.group(2) or m.group(1))) if m else (-1, -1)
+    if not m or not (lowest <= lo <= hi <= 65535):
+        raise ctx.fail(key, f"{text!r} is not a port {lowest}-65535" + (" or range" if "-" in text else ""))
+    return lo, hi
+
+
+def _bindings(ctx: _Ctx, key: str, raw: Any) -> list[tuple[str, str, str]]:
+    """A PortMap value (a list of {HostIp, HostPort}, or null): (key of the binding, HostIp, HostPort)."""
+    if raw is None:
+        return []
+    out = []
+    for j, b in enumerate(_typed(ctx, key, raw, list)):
+        bkey = f"{key}[{j}]"
+        _typed(ctx, bkey, b, dict)
+        out.append((bkey, _get(ctx, b, bkey, "HostIp", str, ""), _get(ctx, b, bkey, "HostPort", str, "")))
+    return out
+
+
 def _ports_from_inspect(
     ctx: _Ctx, where: str, host_config: dict[str, Any], settings: dict[str, Any]
 ) -> list[PortSpec]:
     """Published ports: the request (HostConfig.PortBindings) with the ports Docker allocated (NetworkSettings.Ports)."""
-    actual = settings.get("Ports") or {}
-    requested = host_config.get("PortBindings") or {}
+    akey, rkey = f"{where}.NetworkSettings.Ports", f"{where}.HostConfig.PortBindings"
+    actual_raw = _get(ctx, settings, f"{where}.NetworkSettings", "Ports", dict, {}, null=True)
+    requested_raw = _get(ctx, host_config, f"{where}.HostConfig", "PortBindings", dict, {}, null=True)
+    actual = {k: _bindings(ctx, f"{akey}.{k}", v) for k, v in actual_raw.items()}
+    requested = {k: _bindings(ctx, f"{rkey}.{k}", v) for k, v in requested_raw.items()}
     out: list[PortSpec] = []
     keys = list(requested) if requested else [k for k, v in actual.items() if v]
     for key in keys:
-        pkey = f"{where}.NetworkSettings.Ports.{key}"
+        pkey = f"{akey}.{key}" if key in actual_raw else f"{rkey}.{key}"
         port_text, _, proto = str(key).partition("/")
         proto = proto or "tcp"
         if not port_text.isdigit() or proto not in PROTOS:
             raise ctx.fail(pkey, f"{key!r} is not PORT/PROTO")
-        cport = int(port_text)
-        got = actual.get(key) or []
-        req = requested.get(key) or [{"HostIp": "", "HostPort": b.get("HostPort", "")} for b in got[:1]]
-        for r in req:
-            hip_text = str(r.get("HostIp") or "")
-            hip = _addr(ctx, pkey, hip_text) if hip_text else None
+        cport = _inspect_port(ctx, pkey, port_text, 1)[0]
+        got = [(bkey, hip, hp, _addr(ctx, f"{bkey}.HostIp", hip) if hip else None) for bkey, hip, hp in actual.get(key, [])]
+        req = requested.get(key) or [(f"{akey}.{key}[0]", "", got[0][2]) for _ in got[:1]]
+        for bkey, hip_text, hp_req in req:
+            hip = _addr(ctx, f"{bkey}.HostIp", hip_text) if hip_text else None
             match = [
-                b for b in got
-                if (hip is None and b.get("HostIp") in ("0.0.0.0", "::", ""))
-                or (hip is not None and b.get("HostIp") and ip_address(b["HostIp"]) == hip)
+                (gkey, gport) for gkey, gip_text, gport, gip in got
+                if (hip is None and gip_text in ("0.0.0.0", "::", ""))
+                or (hip is not None and gip is not None and gip == hip)
             ]
-            allocated = [str(b.get("HostPort") or "") for b in match if b.get("HostPort")]
-            hp_text = allocated[0] if allocated else str(r.get("HostPort") or "")
-            if "-" in hp_text:
-                hp_text = hp_text.split("-")[0]
-            if hp_text and not hp_text.isdigit():
-                raise ctx.fail(pkey, f"host port {hp_text!r} is not a number")
-            hp = int(hp_text) if hp_text else 0
+            allocated = [(gkey, gport) for gkey, gport in match if gport]
+            hkey, hp_text = (f"{allocated[0][0]}.HostPort", allocated[0][1]) if allocated else (f"{bkey}.HostPort", hp_req)
+            hp = _inspect_port(ctx, hkey, hp_text, 0)[0] if hp_text else 0
             out.append(PortSpec(cport, proto, hip, hp, hp))  # type: ignore[arg-type]
     return out

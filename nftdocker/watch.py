@@ -28,6 +28,10 @@ Applying a change: ``Watcher(applier=...)``; the default, ``make_applier``, is
 ``incremental.IncrementalApplier`` (only the difference, in one transaction). Full syncs (start, reconnect)
 always replace the whole table with ``kernel.apply``, so that a re-sync is exact whatever happened.
 
+An Engine that is not 28.x (whose firewall nftdocker does not write) gets one warning line on
+standard error (``warn``), and with ``json_logs`` a ``"kind": "warning"`` log line, when first read
+and again only if a reconnect finds another version.
+
 ``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
 beside its rules (``kernel.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
 new bridge ports); only failures are logged.
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import json
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -119,6 +124,7 @@ class Watcher:
         max_batch: float = MAX_BATCH,
         backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
         sysctls: bool = False,
+        warn: Callable[[str], None] | None = None,
     ) -> None:
         from .kernel import check_table_name
 
@@ -135,6 +141,8 @@ class Watcher:
         self.max_batch = max_batch
         self.backoff_min, self.backoff_max = backoff
         self.sysctls = sysctls
+        self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._warned: list[str] = []  # the Engine warnings given for the daemon as last read
         self.current: Any = None  # the Generated loaded now
         self._signature: Any = None  # _signature(self.current), once known
         self.changes: list[Change] = []
@@ -230,8 +238,16 @@ class Watcher:
         from .generate import generate
         from .live import scenario_from_live
 
-        return generate(scenario_from_live(self.docker_host, self.daemon_config,
-                                           self.ipv4_forwarding, self.ipv6_forwarding))
+        warnings: list[str] = []
+        gen = generate(scenario_from_live(self.docker_host, self.daemon_config,
+                                          self.ipv4_forwarding, self.ipv6_forwarding, warnings=warnings))
+        if warnings != self._warned:  # once per daemon, not per event; again if a restart changed it
+            for line in warnings:
+                self._warn(f"nftdocker: warning: {line}")
+                if self.json_logs:
+                    self.emit("warning", f"warning: {line}", warning=line)
+            self._warned = warnings
+        return gen
 
     def _set_sysctls(self, gen: Any) -> None:
         if not self.sysctls:
