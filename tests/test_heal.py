@@ -149,6 +149,14 @@ def test_a_rule_deleted_from_filter_docker_is_put_back(daemon, watcher):
 
 
 @docker
+def test_a_rule_added_to_nat_docker_is_taken_out(daemon, watcher):
+    want = listing(daemon)
+    line = restored_within(daemon, watcher, ("insert", "rule", "ip", TABLE, "nat-DOCKER", "tcp", "dport", "2222",
+                                             "dnat", "to", "192.0.2.99:22"), want, "rule added to nat-DOCKER")
+    assert " rule added to nat-DOCKER by " in line and ": +0 -1 rules (" in line
+
+
+@docker
 def test_a_deleted_table_comes_back_with_the_users_rules_and_chain(daemon, watcher):
     nft(daemon, "add", "chain", "ip", TABLE, "mine")
     nft(daemon, "add", "rule", "ip", TABLE, "mine", "tcp", "dport", "22", "drop")
