@@ -360,7 +360,7 @@ class Watcher:
             try:
                 self._apply_batch([e for e in batch if e is not None], first)
             except DockerError as e:
-                return e
+                lost = e
             except NftdockerError as e:
                 self.emit("error", f"{_describe(batch)}: error: {e.message}; the table is left as it was",
                           error=e.message)
