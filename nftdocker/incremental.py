@@ -300,6 +300,14 @@ class Monitor:
             self.foreign.extend(c)
         self._commits = []
 
+    def commits(self, timeout: float) -> list[list[Event]]:
+        """The commits completed within ``timeout`` (waiting for the first message), each its events
+        with the NEWGEN (carrying the committer's thread id) last; [] if none."""
+        self._commits = []
+        self._read(timeout)
+        out, self._commits = self._commits, []
+        return out
+
     def own_commit(self, tid: int, timeout: float = 2.0) -> tuple[int, list[Event]] | None:
         """(generation id, events) of the commit made by thread ``tid``; None if it cannot be told."""
         self._commits = []

@@ -32,6 +32,20 @@ An Engine that is not 28.x (whose firewall nftdocker does not write) gets one wa
 standard error (``warn``), and with ``json_logs`` a ``"kind": "warning"`` log line, when first read
 and again only if a reconnect finds another version.
 
+Self-healing (``heal=True``, the default): after the first sync a :class:`heal.KernelWatch` follows
+the kernel's nftables notifications of the namespace. A commit by another process that deletes the
+table (``nft flush ruleset``, ``nft delete table``) or adds or deletes anything in one of the
+chains nftdocker generates is undone at once: a deleted table is loaded again whole
+(``kernel.apply``), with the ``filter-DOCKER-USER`` rules and user chains it held as they last
+were, in the same transaction; anything else goes through the applier (only the difference). One
+line says what happened and what was restored::
+
+    2026-11-25T12:00:00Z ruleset flushed by nft[4242]: restored with 1 DOCKER-USER rule, 1 user chain: +36 -0 rules (31 ms)
+
+(the time runs from the notification until the kernel took the restore). Changes to
+``filter-DOCKER-USER`` and to chains nftdocker does not generate are the user's: they are kept,
+and remembered for the next restore.
+
 ``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
 beside its rules (``kernel.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
 new bridge ports); only failures are logged.
@@ -99,10 +113,11 @@ class Change:
 @dataclass
 class _Item:
     conn: int
-    kind: str  # "event" | "lost"
+    kind: str  # "event" | "lost" | "kernel"
     event: dict[str, Any] | None = None
     error: DockerError | None = None
     at: float = 0.0
+    tamper: Any = None  # heal.Tamper, for "kernel"
 
 
 class Watcher:
@@ -125,6 +140,7 @@ class Watcher:
         backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX),
         sysctls: bool = False,
         warn: Callable[[str], None] | None = None,
+        heal: bool = True,
     ) -> None:
         from .kernel import check_table_name
 
@@ -143,6 +159,10 @@ class Watcher:
         self.sysctls = sysctls
         self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
         self._warned: list[str] = []  # the Engine warnings given for the daemon as last read
+        self.heal = heal
+        self._kernel_watch: Any = None  # heal.KernelWatch while run() runs
+        self._kept: dict[str, Any] = {}  # family -> heal.UserState, as last read
+        self.heals = 0
         self.current: Any = None  # the Generated loaded now
         self._signature: Any = None  # _signature(self.current), once known
         self.changes: list[Change] = []
@@ -160,18 +180,26 @@ class Watcher:
         self._stopping = True
 
     def _wait(self, seconds: float) -> bool:
-        """Sleep up to seconds, waking every POLL to look at the stop flag; True if stopped."""
+        """Wait up to seconds, waking every POLL to look at the stop flag (and restoring the table
+        when the kernel says someone changed it); True if stopped."""
         deadline = time.monotonic() + seconds
         while not self._stopping:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(POLL, left))
+            item = self._next(min(POLL, left))
+            if item is not None and item.kind == "kernel":
+                self._on_tamper(item.tamper)
         return True
 
     def run(self) -> None:
         """Sync, then follow events until stop(). The first sync's errors propagate."""
         self.sync("start")
+        if self.heal:
+            from .heal import KernelWatch
+
+            self._kernel_watch = KernelWatch(self.netns, self.table, lambda t: self._queue.put(
+                _Item(-1, "kernel", tamper=t, at=t.at)))
         backoff = self.backoff_min
         while not self._stopping:
             self._subscribe()
@@ -195,6 +223,9 @@ class Watcher:
                     self.emit("error", f"error: {e.message}; the table is left as it was", error=e.message)
                     backoff = min(backoff * 2, self.backoff_max)
         self._conn += 1  # whatever the reader thread still delivers is stale
+        if self._kernel_watch is not None:
+            self._kernel_watch.close()
+            self._kernel_watch = None
         close = getattr(self.applier, "close", None)
         if callable(close):
             close()
@@ -212,6 +243,7 @@ class Watcher:
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
         self.current, self._signature = gen, None
+        self._remember()
         self._set_sysctls(gen)
         self.syncs += 1
         sc = gen.scenario
@@ -306,7 +338,7 @@ class Watcher:
             item = self._queue.get(timeout=timeout)
         except queue.Empty:
             return None
-        return item if item.conn == self._conn else None
+        return item if item.conn == self._conn or item.kind == "kernel" else None
 
     def _follow(self) -> DockerError | None:
         """Apply event batches until the stream is lost (returns the error) or stop() (returns None)."""
@@ -316,7 +348,11 @@ class Watcher:
                 continue
             if item.kind == "lost":
                 return item.error
+            if item.kind == "kernel":
+                self._on_tamper(item.tamper)
+                continue
             batch = [item.event]
+            tampers = []
             first = item.at
             lost: DockerError | None = None
             quiet_until = time.monotonic() + self.debounce
@@ -332,15 +368,20 @@ class Watcher:
                 if nxt.kind == "lost":
                     lost = nxt.error
                     break
+                if nxt.kind == "kernel":
+                    tampers.append(nxt.tamper)  # restored after the batch
+                    continue
                 batch.append(nxt.event)
                 quiet_until = time.monotonic() + self.debounce
             try:
                 self._apply_batch([e for e in batch if e is not None], first)
             except DockerError as e:
-                return e
+                lost = e
             except NftdockerError as e:
                 self.emit("error", f"{_describe(batch)}: error: {e.message}; the table is left as it was",
                           error=e.message)
+            for t in tampers:
+                self._on_tamper(t)
             if lost is not None:
                 return lost
         return None
@@ -368,6 +409,46 @@ class Watcher:
                   added=added, removed=removed, ms=round(ms, 1),
                   **({"apply_mode": stats.mode, "commands": stats.commands} if hasattr(stats, "mode") else {}))
         return ch
+
+    # ------------------------------------------------------------------ self-healing
+
+    def _remember(self) -> None:
+        """Read the user's part of the table (DOCKER-USER rules, user chains) for the next restore."""
+        if not self.heal or self.current is None:
+            return
+        from .heal import read_user_state
+
+        try:
+            self._kept = read_user_state(self.netns, self.table, self.current) or self._kept
+        except NftdockerError as e:
+            self.emit("error", f"cannot read the user's rules: {e.message}", error=e.message)
+
+    def _on_tamper(self, tamper: Any) -> None:
+        """Another process changed the table: restore it, or (the user's own part) remember it."""
+        from .heal import restore, touches_ours
+
+        if self.current is None:
+            return
+        try:
+            if not touches_ours(tamper, self.current):
+                self._remember()
+                return
+            done = restore(self.current, self.netns, self.table, self.applier, self._kept)
+        except NftdockerError as e:
+            self.emit("error", f"{tamper.describe(self.table)}: cannot restore the table: {e.message}",
+                      error=e.message)
+            return
+        if done is None:  # nothing of ours differed after all
+            self._remember()
+            return
+        ms = (time.monotonic() - tamper.at) * 1000
+        self.heals += 1
+        self._remember()
+        what = tamper.describe(self.table)
+        self.changes.append(Change(f"restore ({what})", done.added, done.removed, ms, True, apply_mode=done.mode))
+        self.emit("heal", f"{what}: restored{done.kept_text()}: +{done.added} -{done.removed} rules ({ms:.0f} ms)",
+                  what=what, families=done.families, added=done.added, removed=done.removed, ms=round(ms, 1),
+                  apply_mode=done.mode)
 
 
 # ---------------------------------------------------------------------- helpers
