@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import needs_netns, run_cli
+from conftest import RULESETS, needs_netns, run_cli
 from nftdocker import incremental as inc
 from nftdocker import kernel
 from nftdocker.compat import compat_of, compat_text, parse_expr, rulesets_from_json
@@ -27,7 +27,7 @@ from nftdocker.generate import generate
 from nftdocker.ir import Iface, Rule, Ruleset, Verdict
 from nftdocker.reference import diff
 from nftdocker.render import render_json_objects, render_nft, rule_expr, rule_text
-from nftdocker.scenario import loads
+from nftdocker.scenario import load, loads
 
 from test_verify import netns_ok  # noqa: F401  (the fixture: root, tools, no namespaces left behind)
 
@@ -101,6 +101,18 @@ def test_a_bridge_named_with_a_star_is_matched_escaped():
     compat = compat_of(gen, "ip")
     assert "-A DOCKER-FORWARD -i n* -j ACCEPT" in compat
     assert "-A POSTROUTING -s 192.0.2.0/24 ! -o n* -j MASQUERADE" in compat
+
+
+def test_a_star_bridge_from_an_inspect_dump_is_matched_escaped(tmp_path):
+    """The same through `docker-inspect = FILE` (which `watch` and `export` read from the live daemon)."""
+    case = RULESETS / "usernet-portmap-noproxy"
+    dump = (case / "docker-inspect.json").read_text()
+    key = '"com.docker.network.bridge.name": "bridge1"'
+    assert dump.count(key) == 1
+    (tmp_path / "docker-inspect.json").write_text(dump.replace(key, '"com.docker.network.bridge.name": "e*"'))
+    (tmp_path / "from-inspect.toml").write_text((case / "from-inspect.toml").read_text())
+    text = render_nft(generate(load(tmp_path / "from-inspect.toml")).rulesets)
+    assert 'iifname "e\\*" accept' in text and '"e*"' not in text
 
 
 def test_a_bridge_named_with_a_plus_is_literal_in_nft_and_refused_by_compat(tmp_path):
