@@ -11,7 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Iterable, assert_never
 
-from .errors import CompatError
+from .errors import CompatError, GenerationError
 from .ir import (
     BUILTIN_CHAINS,
     Action,
@@ -31,7 +31,7 @@ from .ir import (
     Snat,
     Verdict,
 )
-from .render import DEFAULT_TABLE, render_json_objects
+from .render import DEFAULT_TABLE, nft_ifname, render_json_objects
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 _PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
@@ -45,6 +45,24 @@ def _right_str(v: Any, where: str) -> str:
     if isinstance(v, str):
         return v
     raise _fail(where, f"unsupported right-hand side {v!r}")
+
+
+def _iface(key: str, right: Any, neg: bool, where: str) -> Iface:
+    """``iifname``/``oifname`` as nft lists it: ``"n\\*"`` is the interface ``n*``, ``"n*"`` every name starting with ``n``."""
+    text = _right_str(right, where)
+    if text.endswith("\\*"):
+        name, wildcard = text[:-2] + "*", False
+    elif text.endswith("*"):
+        name, wildcard = text[:-1], True
+    else:
+        name, wildcard = text, False
+    try:
+        exact = nft_ifname(name, wildcard) == text  # what nftdocker would write for it, or nothing it reads
+    except GenerationError:
+        exact = False
+    if not exact:
+        raise _fail(where, f"unsupported interface name {text!r}")
+    return Iface("i" if key == "iifname" else "o", name, neg, wildcard)
 
 
 def _prefix(v: Any, where: str):
@@ -124,7 +142,7 @@ def _parse_match(body: dict[str, Any], where: str) -> Match | None:
     if lk == "meta":
         key = lv.get("key")
         if key in ("iifname", "oifname"):
-            return Iface("i" if key == "iifname" else "o", _right_str(right, where), neg)
+            return _iface(key, right, neg, where)
         if key == "l4proto":
             if neg:
                 raise _fail(where, "negated protocol match")
@@ -207,12 +225,26 @@ def _net(net) -> str:
     return f"{net.network_address}/{net.prefixlen}"
 
 
+def iptables_ifname(name: str, wildcard: bool = False) -> str:
+    """The ``-i``/``-o`` argument: iptables reads a trailing ``+`` as a wildcard (``e+``: every name
+    starting with ``e``) and everything else, ``*`` included, literally. It has no escape, so no
+    iptables rule matches only an interface whose name ends in ``+``: refused."""
+    if wildcard:
+        return name + "+"
+    if name.endswith("+"):
+        raise CompatError(
+            f"interface name {name!r} ends in '+', which iptables reads as a wildcard (every name starting "
+            f"with {name[:-1]!r}): no iptables rule matches only that interface"
+        )
+    return name
+
+
 def match_args(m: Match) -> str:
     match m:
         case Addr(dir=d, net=net, negate=neg):
             return f"{'! ' if neg else ''}-{d} {_net(net)}"
-        case Iface(dir=d, name=name, negate=neg):
-            return f"{'! ' if neg else ''}-{d} {name}"
+        case Iface(dir=d, name=name, negate=neg, wildcard=w):
+            return f"{'! ' if neg else ''}-{d} {iptables_ifname(name, w)}"
         case L4Proto(proto=p):
             return f"-p {p}"
         case Port(proto=p, dir=d, port=port):
@@ -262,8 +294,11 @@ def save_text(rs: Ruleset) -> str:
             if not c.builtin:
                 out.append(f":{c.name} - [0:0]")
         for c in chains:
-            for r in c.rules:
-                out.append(f"-A {c.name} {rule_args(r)}")
+            for i, r in enumerate(c.rules, 1):
+                try:
+                    out.append(f"-A {c.name} {rule_args(r)}")
+                except CompatError as e:
+                    raise CompatError(f"{rs.family} {t} {c.name} rule {i}: {e.message}") from None
         out.append("COMMIT")
     return "\n".join(out) + ("\n" if out else "")
 

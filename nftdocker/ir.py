@@ -49,15 +49,19 @@ class _Iface(NamedTuple):
     dir: Literal["i", "o"]
     name: str
     negate: bool
+    wildcard: bool
 
 
 class Iface(_Iface):
-    """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``."""
+    """``[!] -i/-o NAME`` / ``iifname/oifname [!=] NAME``: exactly the interface NAME, whatever
+    characters it holds. With ``wildcard``, NAME is a prefix: every interface whose name starts with
+    it (iptables ``NAME+``, nft ``"NAME*"``). The renderers write either form so that nft and
+    iptables read it back the same; Docker's rules only ever name one interface."""
 
     __slots__ = ()
 
-    def __new__(cls, dir: Literal["i", "o"], name: str, negate: bool = False) -> Iface:
-        return tuple.__new__(cls, (2 if dir == "i" else 3, dir, name, negate))
+    def __new__(cls, dir: Literal["i", "o"], name: str, negate: bool = False, wildcard: bool = False) -> Iface:
+        return tuple.__new__(cls, (2 if dir == "i" else 3, dir, name, negate, wildcard))
 
     def __getnewargs__(self) -> tuple:
         return self[1:]

@@ -9,10 +9,12 @@ payload matches, ``dnat``/``snat``/``masquerade``. No sets, maps or ``xt`` expre
 from __future__ import annotations
 
 import json
+import re
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, assert_never
 
+from .errors import GenerationError
 from .ir import (
     BASE_CHAINS,
     Addr,
@@ -45,6 +47,40 @@ def nft_chains(rs: Ruleset) -> list[Chain]:
     return out
 
 
+# What nft 1.0.6 takes in an iifname/oifname string: at most 15 bytes (it reports "maximum length
+# of 16", counting the NUL), and nothing that ends the quoted string or escapes.
+NFT_IFNAME_MAX = 15
+_NFT_IFNAME_BAD = re.compile(r'["\\\x00-\x1f\x7f]')
+
+
+@lru_cache(maxsize=4096)
+def nft_ifname(name: str, wildcard: bool = False) -> str:
+    """The nft string (unquoted) that matches exactly the interface ``name``; with ``wildcard``, every
+    interface whose name starts with ``name``.
+
+    nft reads a trailing ``*`` as that wildcard and a trailing ``\\*`` as a literal star, in text and in
+    libnftables JSON alike, and lists rules back the same way (``nft -j list`` shows the interface
+    ``n*`` as ``"n\\\\*"``); a star elsewhere, and ``+``, are literal. So a name ending in ``*`` is
+    written escaped, which costs a byte: at 15 bytes it no longer fits, and is refused.
+    """
+    if not name or _NFT_IFNAME_BAD.search(name):
+        raise GenerationError(f"interface name {name!r} cannot be written as an nft string")
+    if wildcard:
+        text = name + "*"
+    elif name.endswith("*"):
+        text = name[:-1] + "\\*"
+    else:
+        text = name
+    if len(text.encode()) > NFT_IFNAME_MAX:
+        if wildcard or not name.endswith("*"):
+            raise GenerationError(f"interface name {name!r}: {text!r} is longer than nft's limit of {NFT_IFNAME_MAX} bytes")
+        raise GenerationError(
+            f"interface name {name!r} ends in '*': nft matches only that interface as \"{text}\", one byte over "
+            f"nft's limit of {NFT_IFNAME_MAX}, so such a name can have at most {NFT_IFNAME_MAX - 1} bytes"
+        )
+    return text
+
+
 def _addr_text(net: IPv4Network | IPv6Network) -> str:
     if net.prefixlen == net.max_prefixlen:
         return str(net.network_address)
@@ -61,9 +97,9 @@ def _match_text(m: Match, family: str) -> str:
         case Addr(dir=d, net=net, negate=neg):
             op = "!= " if neg else ""
             return f"{family} {'saddr' if d == 's' else 'daddr'} {op}{_addr_text(net)}"
-        case Iface(dir=d, name=name, negate=neg):
+        case Iface(dir=d, name=name, negate=neg, wildcard=w):
             op = "!= " if neg else ""
-            return f'{"iifname" if d == "i" else "oifname"} {op}"{name}"'
+            return f'{"iifname" if d == "i" else "oifname"} {op}"{nft_ifname(name, w)}"'
         case L4Proto(proto=p):
             return f"meta l4proto {p}"
         case Port(proto=p, dir=d, port=port):
@@ -154,8 +190,9 @@ def match_json(m: Match, rs: Ruleset) -> dict[str, Any]:
             )
             left = {"payload": {"protocol": rs.family, "field": "saddr" if d == "s" else "daddr"}}
             return {"match": {"op": "!=" if neg else "==", "left": left, "right": right}}
-        case Iface(dir=d, name=name, negate=neg):
-            return {"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname" if d == "i" else "oifname"}}, "right": name}}
+        case Iface(dir=d, name=name, negate=neg, wildcard=w):
+            return {"match": {"op": "!=" if neg else "==", "left": {"meta": {"key": "iifname" if d == "i" else "oifname"}},
+                              "right": nft_ifname(name, w)}}
         case L4Proto(proto=p):
             return {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": p}}
         case Port(proto=p, dir=d, port=port):
