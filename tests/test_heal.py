@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import subprocess
 import threading
 import time
@@ -29,7 +30,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
 from conftest import RULESETS, needs_netns
 from nftdocker import kernel
 from nftdocker.generate import generate
-from nftdocker.heal import KernelWatch, read_user_state, restore_transaction
+from nftdocker.heal import KernelWatch, read_user_state, restore
 from nftdocker.scenario import load
 from nftdocker.watch import Watcher
 
@@ -203,11 +204,30 @@ def test_the_users_part_is_put_back_in_order_with_a_recreated_table(netns):
     _ns_nft(netns, "add", "rule", "ip", TABLE, "filter-DOCKER-USER", "counter")  # after the return
     before = _ns_nft(netns, "list", "table", "ip", TABLE)
     st = read_user_state(netns, TABLE, gen)
-    assert st["ip"].count() == (3, 2) and [c.name for c in st["ip"].chains] == ["mine", "other"]
+    assert st["ip"].count() == (3, 2) and [c["name"] for c in st["ip"].chains] == ["mine", "other"]
     assert "ip6" in st and st["ip6"].count() == (0, 0)
     _ns_nft(netns, "delete", "table", "ip", TABLE)
-    kernel.apply(gen, netns, extra={"ip": restore_transaction("ip", TABLE, st["ip"])})
+    done = restore(gen, netns, TABLE, None, st)
+    assert (done.mode, done.families, done.user_rules, done.user_chains) == ("full", ["ip"], 3, 2)
     assert _ns_nft(netns, "list", "table", "ip", TABLE) == before
+
+
+@pytest.mark.netns
+@needs_netns
+def test_a_user_comment_goes_back_as_it_was_never_as_text(netns):
+    gen = generate(load(RULESETS / "usernet-portmap-noproxy" / "scenario.toml"))
+    kernel.apply(gen, netns)
+    nasty = 'x"\n};}\nadd table ip pwned\ntable ip nftdocker{chain filter-DOCKER-USER{\ncounter comment "y'
+    code = ("import json, sys, nftables; n = nftables.Nftables(); rc, _, e = n.json_cmd(json.loads(sys.argv[1])); sys.exit(e if rc else 0)")
+    cmd = {"nftables": [{"insert": {"rule": {"family": "ip", "table": TABLE, "chain": "filter-DOCKER-USER",
+                                             "expr": [{"accept": None}], "comment": nasty}}}]}
+    subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code, json.dumps(cmd)], check=True)
+    st = read_user_state(netns, TABLE, gen)
+    _ns_nft(netns, "flush", "ruleset")
+    restore(gen, netns, TABLE, None, st)
+    assert "pwned" not in _ns_nft(netns, "list", "tables")
+    listed = json.loads(_ns_nft(netns, "-j", "list", "chain", "ip", TABLE, "filter-DOCKER-USER"))["nftables"]
+    assert [o["rule"].get("comment") for o in listed if "rule" in o] == [nasty, None]
 
 
 @pytest.mark.netns
