@@ -12,9 +12,10 @@ Pure: no I/O, deterministic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import contextlib
+from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
-from typing import Iterable, Literal
+from typing import Iterable, Iterator, Literal
 
 from .errors import GenerationError
 from .ir import (
@@ -43,6 +44,7 @@ from .model import (
     Binding,
     Container,
     Endpoint,
+    Event,
     IPAddress,
     Network,
     PortSpec,
@@ -114,6 +116,8 @@ class Iptables:
     def __init__(self, family: Literal["ip", "ip6"]) -> None:
         self.rs = Ruleset(family)
         self.index: dict[tuple[str, str], set[Rule]] = {}
+        #: while set, every rule added is recorded here (what an operation must undo later)
+        self.journal: list[tuple[str, str, Rule]] | None = None
 
     def chain(self, table: str, name: str) -> Chain:
         key = (table, name)
@@ -141,6 +145,8 @@ class Iptables:
         if r not in present:
             c.rules.append(r)
             present.add(r)
+            if self.journal is not None:
+                self.journal.append((table, chain, r))
 
     def insert(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Insert: ``-C`` then ``-I`` (position 1) if absent."""
@@ -149,6 +155,8 @@ class Iptables:
         if r not in present:
             c.rules.insert(0, r)
             present.add(r)
+            if self.journal is not None:
+                self.journal.append((table, chain, r))
 
     def delete(self, table: str, chain: str, r: Rule) -> None:
         """Rule.Delete: ``-D`` if present."""
@@ -185,6 +193,12 @@ class Firewall:
         self.networks = {n.name: n for n in scenario.networks}
         self.containers = {c.name: c for c in scenario.containers}
         self.eps: dict[tuple[str, str], Endpoint] = {}  # (container, network) -> its endpoint, for links
+        # the history (events): what each running container and each network programmed, to undo it
+        self.running: dict[str, list[tuple[Network, Endpoint]]] = {}
+        self.gateway: dict[str, str] = {}  # container -> the network of its gateway endpoint
+        self.external: dict[str, dict[int, list]] = {}  # container -> rules its gateway endpoint added
+        self.network_rules: dict[str, dict[int, list]] = {}
+        self.last_addresses: dict[tuple[str, str], Endpoint] = {}  # a stopped container's endpoints
 
     def enabled(self, v: V) -> bool:
         return self.daemon.iptables if v == 4 else self.daemon.ip6tables
@@ -384,9 +398,13 @@ class Firewall:
 
     # ------------------------------------------------------------------ endpoints and ports
 
-    def create_endpoint(self, ctr: Container, net: Network) -> Endpoint:
-        """bridge_linux.go CreateEndpoint: allocate the endpoint's addresses (IPAM)."""
+    def create_endpoint(self, ctr: Container, net: Network, before: Endpoint | None = None) -> Endpoint:
+        """bridge_linux.go CreateEndpoint: allocate the endpoint's addresses (IPAM); ``before``: the
+        endpoint it had when it last ran, whose addresses it gets again while they are free."""
         want = [a for (n, a) in ctr.addresses if n == net.name]
+        if before is not None:
+            want += [a for a in (before.ipv4, before.ipv6) if a is not None and a.version not in {w.version for w in want}
+                     and (pool := self.ipam.get((net.name, a.version))) is not None and pool.is_free(a)]
         addrs: dict[int, IPAddress | None] = {4: None, 6: None}
         for v in (4, 6):
             pool = self.ipam.get((net.name, v))
@@ -556,31 +574,179 @@ class Firewall:
 
     def run_container(self, ctr: Container) -> None:
         """docker run then docker network connect: endpoints in order, ports on the gateway endpoint."""
-        nets = [self.networks[n] for n in ctr.networks]
-        mine = []
-        for net in nets:
-            ep = self.create_endpoint(ctr, net)
-            self.eps[(ctr.name, net.name)] = ep
-            mine.append((net, ep))
-        gw = _gateway_endpoint(mine, dict(ctr.gw_priority))
+        self.containers[ctr.name] = ctr
+        mine = self.running[ctr.name] = []
+        for net in (self.networks[n] for n in ctr.networks):
+            mine.append((net, self.join(ctr, net)))
+        self.program_gateway(ctr)
+
+    def join(self, ctr: Container, net: Network) -> Endpoint:
+        """sandbox join: the endpoint, at the address it had when the container last ran if that is free."""
+        ep = self.create_endpoint(ctr, net, self.last_addresses.pop((ctr.name, net.name), None))
+        self.eps[(ctr.name, net.name)] = ep
+        return ep
+
+    def program_gateway(self, ctr: Container) -> None:
+        """sandbox.go updateGateway: port mappings and links on the gateway endpoint, recorded for revoking."""
+        gw = _gateway_endpoint(self.running[ctr.name], dict(ctr.gw_priority))
         if gw is None:
             return
         net, ep = gw
-        self.program_external_connectivity(ctr, net, ep)
-        if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
-            for l in ctr.links:
-                child = self.containers[l.name]
-                child_ep = self.eps.get((child.name, net.name))
-                if child_ep is not None:
-                    self.link(net, ctr, ep, child, child_ep)
+        self.gateway[ctr.name] = net.name
+        with self.journal() as added:
+            self.program_external_connectivity(ctr, net, ep)
+            if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
+                for l in ctr.links:
+                    child = self.containers[l.name]
+                    child_ep = self.eps.get((child.name, net.name))
+                    if child_ep is not None:
+                        self.link(net, ctr, ep, child, child_ep)
+        self.external[ctr.name] = added
+
+    def revoke_gateway(self, name: str) -> None:
+        """bridge_linux.go RevokeExternalConnectivity: the gateway endpoint's rules deleted, its host ports released."""
+        self.gateway.pop(name, None)
+        self.undo(self.external.pop(name, {}))
+        for b in self.bindings.pop(name, []):
+            self.ports.release(b.host_ip, b.proto, b.host_port)
+
+    def leave(self, name: str, net: Network, ep: Endpoint) -> None:
+        """sandbox leave + endpoint delete: the endpoint's addresses go back to IPAM."""
+        for v, a in ((4, ep.ipv4), (6, ep.ipv6)):
+            pool = self.ipam.get((net.name, v))
+            if a is not None and pool is not None:
+                pool.release(a)
+        self.endpoints.remove(ep)
+        self.eps.pop((name, net.name), None)
+        port = f"{net.bridge}:{name}"
+        if port in self.hairpin_ports:
+            self.hairpin_ports.remove(port)
+
+    @contextlib.contextmanager
+    def journal(self) -> Iterator[dict[int, list]]:
+        """Record the rules added inside the block, per family (nested blocks record into both)."""
+        outer = {v: self.ipt[v].journal for v in (4, 6)}
+        added: dict[int, list] = {4: [], 6: []}
+        for v in (4, 6):
+            self.ipt[v].journal = added[v]
+        try:
+            yield added
+        finally:
+            for v in (4, 6):
+                self.ipt[v].journal = outer[v]
+                if outer[v] is not None:
+                    outer[v].extend(added[v])
+
+    def undo(self, added: dict[int, list]) -> None:
+        """Docker's ``-D`` of every rule an operation added."""
+        for v, rules in added.items():
+            for table, chain, r in reversed(rules):
+                self.ipt[v].delete(table, chain, r)
+
+    # ------------------------------------------------------------------ the history ([[events]])
+
+    def stop(self, name: str) -> None:
+        """docker stop: the gateway's rules and host ports revoked, every endpoint left."""
+        self.revoke_gateway(name)
+        for net, ep in self.running.pop(name):
+            self.last_addresses[(name, net.name)] = ep
+            self.leave(name, net, ep)
+
+    def connect(self, ev: Event) -> None:
+        """docker network connect: a new endpoint; the port mappings move when it becomes the gateway."""
+        ctr = self.containers[ev.container]
+        prio = tuple(p for p in ctr.gw_priority if p[0] != ev.network) + ((ev.network, ev.gw_priority),) if ev.gw_priority is not None else ctr.gw_priority
+        ctr = replace(ctr, networks=ctr.networks + (ev.network,), gw_priority=prio,
+                      addresses=ctr.addresses + tuple((ev.network, a) for a in ev.addresses))
+        self.containers[ctr.name] = ctr
+        if ctr.name not in self.running:
+            return
+        net = self.networks[ev.network]
+        self.running[ctr.name].append((net, self.join(ctr, net)))
+        self._update_gateway(ctr)
+
+    def disconnect(self, ev: Event) -> None:
+        """docker network disconnect: the endpoint leaves; the port mappings move if it was the gateway."""
+        ctr = self.containers[ev.container]
+        ctr = replace(ctr, networks=tuple(n for n in ctr.networks if n != ev.network),
+                      addresses=tuple(a for a in ctr.addresses if a[0] != ev.network),
+                      gw_priority=tuple(p for p in ctr.gw_priority if p[0] != ev.network))
+        self.containers[ctr.name] = ctr
+        self.last_addresses.pop((ctr.name, ev.network), None)
+        if ctr.name not in self.running:
+            return
+        mine = self.running[ctr.name]
+        (net, ep), = [(n, e) for n, e in mine if n.name == ev.network]
+        if self.gateway.get(ctr.name) == ev.network:
+            self.revoke_gateway(ctr.name)
+        mine.remove((net, ep))
+        self.leave(ctr.name, net, ep)
+        if ctr.name not in self.gateway:
+            self.program_gateway(ctr)
+
+    def _update_gateway(self, ctr: Container) -> None:
+        gw = _gateway_endpoint(self.running[ctr.name], dict(ctr.gw_priority))
+        if (gw[0].name if gw else None) != self.gateway.get(ctr.name):
+            self.revoke_gateway(ctr.name)
+            self.program_gateway(ctr)
+
+    def add_network(self, net: Network) -> None:
+        """docker network create: the network's rules, recorded for docker network rm."""
+        self.networks[net.name] = net
+        with self.journal() as added:
+            self.create_network(net)
+        self.network_rules[net.name] = added
+
+    def remove_network(self, name: str) -> None:
+        """docker network rm (bridge_linux.go deleteNetwork): the rules its setup added are deleted."""
+        self.undo(self.network_rules.pop(name, {}))
+        for v in (4, 6):
+            self.ipam.pop((name, v), None)
+        del self.networks[name]
+
+    def replay(self, i: int, ev: Event) -> None:
+        """One event of the history, as Docker carries it out."""
+        try:
+            if ev.do == "run":
+                self.run_container(ev.spec)  # type: ignore[arg-type]
+            elif ev.do == "stop":
+                self.stop(ev.container)
+            elif ev.do == "start":
+                self.run_container(self.containers[ev.container])
+            elif ev.do == "restart":
+                if ev.container in self.running:
+                    self.stop(ev.container)
+                self.run_container(self.containers[ev.container])
+            elif ev.do == "rm":
+                if ev.container in self.running:
+                    self.stop(ev.container)
+                del self.containers[ev.container]
+                for key in [k for k in self.last_addresses if k[0] == ev.container]:
+                    del self.last_addresses[key]
+            elif ev.do == "connect":
+                self.connect(ev)
+            elif ev.do == "disconnect":
+                self.disconnect(ev)
+            elif ev.do == "network create":
+                self.add_network(ev.spec)  # type: ignore[arg-type]
+            elif ev.do == "network rm":
+                self.remove_network(ev.network)
+        except GenerationError as e:
+            raise GenerationError(f"events[{i}] ({ev.do}): {e.message}") from None
 
     def run(self) -> Generated:
         with gc_paused():
             self.start_daemon()
-            for net in self.sc.networks:
-                self.create_network(net)
+            if self.sc.events:  # what each network programs is recorded, for a later docker network rm
+                for net in self.sc.networks:
+                    self.add_network(net)
+            else:
+                for net in self.sc.networks:
+                    self.create_network(net)
             for ctr in self.sc.containers:
                 self.run_container(ctr)
+            for i, ev in enumerate(self.sc.events):
+                self.replay(i, ev)
         return self.generated()
 
     def add_containers(self, scenario: Scenario, ctrs: Iterable[Container]) -> None:
@@ -592,7 +758,10 @@ class Firewall:
 
     def generated(self) -> Generated:
         rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
-        return Generated(self.sc, rulesets, self.endpoints, self.bindings, list(self.sysctls.values()), self.hairpin_ports)
+        sc = self.sc
+        if sc.events:  # the host as the history left it
+            sc = replace(sc, networks=tuple(self.networks.values()), containers=tuple(self.containers.values()))
+        return Generated(sc, rulesets, self.endpoints, self.bindings, list(self.sysctls.values()), self.hairpin_ports)
 
 
 def generate(scenario: Scenario) -> Generated:
@@ -698,7 +867,15 @@ class _Pool:
                 self.used.add(self.last)
         if gateway is not None:
             self.used.add(int(gateway))
-        self.free_from = self.first  # every address below it is in use (nothing is ever released here)
+        self.free_from = self.first  # every address below it is in use
+
+    def is_free(self, a: IPAddress) -> bool:
+        return a in self.subnet and int(a) not in self.used
+
+    def release(self, a: IPAddress) -> None:
+        """An endpoint went away: its address is free again (and the lowest free one may be lower now)."""
+        self.used.discard(int(a))
+        self.free_from = min(self.free_from, int(a))
 
     def allocate(self, want: IPAddress | None) -> IPAddress:
         if want is not None:
@@ -729,6 +906,11 @@ class _PortAllocator:
     def __init__(self) -> None:
         self.taken: dict[tuple[IPAddress, str], set[int]] = {}
         self.last: dict[tuple[IPAddress, str, int, int], int] = {}
+
+    def release(self, hip: IPAddress, proto: str, port: int) -> None:
+        """The port mapping went away (a container stopped): the host port is free again."""
+        if port:
+            self.taken.get((hip, proto), set()).discard(port)
 
     def request(self, hips: Iterable[IPAddress], proto: str, lo: int, hi: int) -> int:
         hips = list(hips)

@@ -121,6 +121,27 @@ class Container:
     gw_priority: tuple[tuple[str, int], ...] = ()  # docker run --gw-priority, per network (inspect only)
 
 
+EVENT_KINDS = ("run", "stop", "start", "restart", "rm", "connect", "disconnect", "network create", "network rm")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One docker command of the host's history (``[[events]]``), after the networks and
+    containers the scenario lists were created and started.
+
+    ``do`` is one of :data:`EVENT_KINDS`; ``container``/``network`` name what it acts on;
+    ``spec`` is the new container (``run``) or network (``network create``); ``connect`` may
+    give an ``address`` and a ``gw_priority``.
+    """
+
+    do: str
+    container: str = ""
+    network: str = ""
+    addresses: tuple[IPAddress, ...] = ()
+    gw_priority: int | None = None
+    spec: Union["Container", "Network", None] = None
+
+
 @dataclass(frozen=True)
 class Scenario:
     """A whole Docker host: daemon, host sysctls, networks and containers in creation order.
@@ -134,6 +155,8 @@ class Scenario:
     networks: tuple[Network, ...] = ()
     containers: tuple[Container, ...] = ()
     source: str = "<scenario>"
+    #: what happened next, in order (``[[events]]``)
+    events: tuple[Event, ...] = ()
 
 
 @dataclass(frozen=True)

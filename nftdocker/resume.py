@@ -59,12 +59,14 @@ def code_digest() -> str:
 def fingerprint(sc: Scenario, n: int | None = None) -> dict[str, Any]:
     """What identifies the generated host: the code, daemon, host and networks, and the first ``n`` containers."""
     ctrs = sc.containers if n is None else sc.containers[:n]
-    return {"format": FORMAT, "code": code_digest(), "base": _digest((sc.daemon, sc.host, sc.networks)), "n": len(ctrs),
+    return {"format": FORMAT, "code": code_digest(), "base": _digest((sc.daemon, sc.host, sc.networks, sc.events)), "n": len(ctrs),
             "containers": _digest(ctrs)}
 
 
 def appended(cp: Mapping[str, Any], sc: Scenario) -> int | None:
     """How many containers ``sc`` appends to the checkpoint's scenario; None if it is not that."""
+    if sc.events:  # the listed containers start before the history: nothing is appended at its end
+        return None
     fp = cp.get("fingerprint") or {}
     n = fp.get("n")
     if fp.get("format") != FORMAT or not isinstance(n, int) or n > len(sc.containers):
