@@ -223,3 +223,22 @@ def test_dump_keeps_the_port_docker_allocated(tmp_path):
     bindings = {"80/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8000-8010"}]}
     gen = generate(_dump(tmp_path, ports, bindings))
     assert [b.host_port for b in gen.bindings["c1"]] == [8005]
+
+
+def test_isolated_ipv6_has_no_gateway():
+    text = """
+[[networks]]
+name = "v6"
+subnets = ["192.0.2.0/24", "2001:db8:1::/64"]
+ipv6 = true
+internal = true
+options = { "com.docker.network.bridge.name" = "br6", "com.docker.network.bridge.gateway_mode_ipv6" = "isolated" }
+
+[[containers]]
+name = "c1"
+networks = ["v6"]
+"""
+    sc = loads(text, "t.toml")
+    assert sc.networks[1].gateways6 == () and sc.networks[1].gateways4 == (ip_address("192.0.2.1"),)
+    ep = generate(sc).endpoints[0]
+    assert (str(ep.ipv4), str(ep.ipv6)) == ("192.0.2.2", "2001:db8:1::1")
