@@ -44,6 +44,7 @@ _DAEMON_FIELDS = (
     ("ip", "ip"),
     ("bridge", "bridge"),
     ("bip", "bip"),
+    ("fixed_cidr", "fixed-cidr"),
 )
 
 
@@ -98,6 +99,10 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
             t["internal"] = True
         if n.ipv6:
             t["ipv6"] = True
+        if not n.subnets4:
+            t["ipv4"] = False
+        if n.ip_ranges4 or n.ip_ranges6:
+            t["ip-ranges"] = [str(r) for r in (*n.ip_ranges4, *n.ip_ranges6)]
         opts = dict(n.options)
         # A network inspected without the option has Docker's br-<id> bridge, which a file cannot derive.
         opts.setdefault(OPT_BRIDGE_NAME, n.bridge)
@@ -130,6 +135,8 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
             t["expose"] = [f"{p}/{proto}" for p, proto in c.expose]
         if c.links:
             t["links"] = [f"{l.name}:{l.alias}" for l in c.links]
+        if c.gw_priority:
+            t["gw-priority"] = dict(c.gw_priority)
         ctrs.append(t)
     if ctrs:
         doc["containers"] = ctrs

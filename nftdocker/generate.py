@@ -253,8 +253,9 @@ class Firewall:
         for v, has in ((4, has4), (6, has6)):
             pool_nets = net.subnets4 if v == 4 else net.subnets6
             gws = net.gateways4 if v == 4 else net.gateways6
+            ranges = net.ip_ranges4 if v == 4 else net.ip_ranges6
             if has:
-                self.ipam[(net.name, v)] = _Pool(pool_nets[0], gws[0] if gws else None)
+                self.ipam[(net.name, v)] = _Pool(pool_nets[0], gws[0] if gws else None, ranges[0] if ranges else None)
         if has4 and d.ip_forward:
             self.setup_ip_forwarding(4, net)
         if has6 and d.ip_forward:
@@ -455,6 +456,11 @@ class Firewall:
             group = []
         for b in out:
             self.set_per_port_iptables(net, b, ctr.name)
+        for b in out:
+            try:
+                self.ports.listen(b.proto, b.host_port, b.host_ip)
+            except ValueError as e:
+                raise GenerationError(f"{self.sc.source}: container {ctr.name!r}: -p {b.host_port}:{b.container_port}/{b.proto}: {e}") from None
         return out
 
     def _bind_host_ports(
@@ -469,7 +475,7 @@ class Firewall:
         if nat_group:
             lo, hi = spec.host_port, spec.host_port_end or spec.host_port
             try:
-                port = self.ports.request([hip for (_, hip, _) in nat_group], spec.proto, lo, hi)
+                port = self.ports.request([hip for (_, hip, _) in nat_group], spec.proto, lo, hi, spec.allocated)
             except ValueError as e:
                 raise GenerationError(f"{self.sc.source}: container {ctr.name!r}: -p {spec}: {e}") from None
         out = []
@@ -853,18 +859,23 @@ class _Pool:
     """libnetwork's default IPAM for one subnet (defaultipam getAddress): lowest free address, reused after release.
 
     The first address (and the IPv4 broadcast) is reserved; the gateway is requested first, so with
-    the default gateway (.1 / ::1) containers get .2, .3, ...
+    the default gateway (.1 / ::1) containers get .2, .3, ... An address asked for (``--ip``) may
+    be anywhere in the subnet; the others come from the range (``--ip-range``, ``--fixed-cidr``)
+    when there is one (AddAnyInRange, not serial on a bridge network).
     """
 
-    def __init__(self, subnet: IPv4Network | IPv6Network, gateway: IPAddress | None) -> None:
+    def __init__(self, subnet: IPv4Network | IPv6Network, gateway: IPAddress | None,
+                 ip_range: IPv4Network | IPv6Network | None = None) -> None:
         self.subnet = subnet
+        self.range = ip_range
         self.used: set[int] = set()
-        self.first = int(subnet.network_address)
-        self.last = int(subnet.broadcast_address)
+        within = ip_range if ip_range is not None else subnet
+        self.first = int(within.network_address)
+        self.last = int(within.broadcast_address)
         if not (subnet.version == 4 and subnet.prefixlen >= 31):
-            self.used.add(self.first)
+            self.used.add(int(subnet.network_address))
             if subnet.version == 4:
-                self.used.add(self.last)
+                self.used.add(int(subnet.broadcast_address))
         if gateway is not None:
             self.used.add(int(gateway))
         self.free_from = self.first  # every address below it is in use
@@ -892,30 +903,44 @@ class _Pool:
                 self.free_from = n + 1
                 return IPv4Address(n) if self.subnet.version == 4 else IPv6Address(n)
             n += 1
-        raise ValueError(f"no free address left in {self.subnet}")
+        raise ValueError(f"no free address left in {self.range or self.subnet}")
 
 
 class _PortAllocator:
-    """libnetwork/portallocator: ports per (host address, protocol); ranges hand out "next after last".
+    """libnetwork/portallocator plus the sockets bindHostPorts binds: how Docker picks host ports.
 
-    0.0.0.0, :: and specific addresses are separate keys, as in Docker (only the kernel's bind()
-    would notice a clash between them). A range record starts with ``last = end``, so the first
-    port handed out is the range's start; later requests continue after the last one, wrapping.
+    The allocator keeps ports per (host address, protocol): 0.0.0.0, :: and specific addresses
+    are separate keys. A range record starts with ``last = end``, so the first port handed out is
+    the range's start; later requests continue after the last one, wrapping. Each allocated port
+    is then bound (SO_REUSEADDR, IPV6_V6ONLY) and, for TCP, listened on once all of a container's
+    ports are bound. So the kernel refuses a TCP bind that overlaps (same family and port, equal
+    addresses or one of them unspecified) a listening socket of an earlier container, and an SCTP
+    bind that overlaps any (no SO_REUSEADDR); UDP never clashes. Docker then releases the port
+    and retries (bindHostPorts, up to 10 attempts), the range's ``last`` already moved on: that
+    is why ``-p 127.0.0.1::81`` after another container's ``-p 80`` gets 32769, not 32768.
     """
+
+    ATTEMPTS = 10  # bridge_linux.go maxAllocatePortAttempts
 
     def __init__(self) -> None:
         self.taken: dict[tuple[IPAddress, str], set[int]] = {}
         self.last: dict[tuple[IPAddress, str, int, int], int] = {}
+        # (proto, port) -> the bound sockets: [host address, listening]
+        self.sockets: dict[tuple[str, int], list[list]] = {}
 
     def release(self, hip: IPAddress, proto: str, port: int) -> None:
-        """The port mapping went away (a container stopped): the host port is free again."""
-        if port:
-            self.taken.get((hip, proto), set()).discard(port)
+        """The port mapping went away (a container stopped): the host port and its socket are free again."""
+        if not port:
+            return
+        self.taken.get((hip, proto), set()).discard(port)
+        socks = self.sockets.get((proto, port), [])
+        for i, (h, _) in enumerate(socks):
+            if h == hip:
+                del socks[i]
+                break
 
-    def request(self, hips: Iterable[IPAddress], proto: str, lo: int, hi: int) -> int:
-        hips = list(hips)
-        if lo == 0:
-            lo, hi = EPHEMERAL_PORTS
+    def _allocate(self, hips: list[IPAddress], proto: str, lo: int, hi: int) -> int:
+        """portallocator RequestPortsInRange."""
         if lo == hi:
             if any(lo in self.taken.get((h, proto), ()) for h in hips):
                 raise ValueError(f"host port {lo}/{proto} is already allocated")
@@ -931,3 +956,62 @@ class _PortAllocator:
                     self.last[(h, proto, lo, hi)] = port
                 return port
         raise ValueError(f"no free host port in {lo}-{hi}/{proto}")
+
+    def _clash(self, hip: IPAddress, proto: str, port: int, listening_only: bool) -> IPAddress | None:
+        for other, listening in self.sockets.get((proto, port), ()):
+            if other.version == hip.version and (other == hip or other.is_unspecified or hip.is_unspecified):
+                if listening or not listening_only:
+                    return other
+        return None
+
+    def _bind_clash(self, hip: IPAddress, proto: str, port: int) -> IPAddress | None:
+        """The socket that makes bind() fail with EADDRINUSE, if any."""
+        if proto == "udp":
+            return None
+        return self._clash(hip, proto, port, listening_only=proto == "tcp")
+
+    def request(self, hips: Iterable[IPAddress], proto: str, lo: int, hi: int, allocated: int = 0) -> int:
+        """bindHostPorts: allocate one port for all of ``hips`` and bind it; ``allocated`` is what a dump shows."""
+        hips = list(hips)
+        if lo == 0:
+            lo, hi = EPHEMERAL_PORTS
+        if allocated:  # the daemon did bind it: record it, as the range's last port too
+            for h in hips:
+                self.taken.setdefault((h, proto), set()).add(allocated)
+                if lo != hi:
+                    self.last[(h, proto, lo, hi)] = allocated
+                self.sockets.setdefault((proto, allocated), []).append([h, False])
+            return allocated
+        problem = ""
+        for _ in range(self.ATTEMPTS):
+            port = self._allocate(hips, proto, lo, hi)
+            clash = next(((h, o) for h in hips for o in [self._bind_clash(h, proto, port)] if o is not None), None)
+            if clash is None:
+                for h in hips:
+                    self.sockets.setdefault((proto, port), []).append([h, False])
+                return port
+            for h in hips:
+                self.taken[(h, proto)].discard(port)
+            h, o = clash
+            problem = (f"Docker 28.0.1 fails to start it: binding {_hostport(h, port)}/{proto} fails "
+                       f"(address already in use by {_hostport(o, port)} of an earlier container)")
+            if lo == hi:
+                break
+        raise ValueError(problem)
+
+    def listen(self, proto: str, port: int, hip: IPAddress) -> None:
+        """The TCP listen() after a container's ports are bound; fails on an overlapping listener."""
+        if proto != "tcp" or port == 0:
+            return
+        clash = self._clash(hip, proto, port, listening_only=True)
+        if clash is not None:
+            raise ValueError(f"Docker 28.0.1 fails to start it: listen on {_hostport(hip, port)}/tcp fails "
+                             f"(address already in use by its own {_hostport(clash, port)})")
+        for sock in self.sockets.get((proto, port), ()):
+            if sock[0] == hip and not sock[1]:
+                sock[1] = True
+                return
+
+
+def _hostport(ip: IPAddress, port: int) -> str:
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"

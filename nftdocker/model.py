@@ -36,6 +36,7 @@ class Daemon:
     ip: IPAddress = IPv4Address("0.0.0.0")
     bridge: str = "docker0"
     bip: tuple[IPv4Address, IPv4Network] = (IPv4Address("172.17.0.1"), IPv4Network("172.17.0.0/16"))
+    fixed_cidr: IPv4Network | None = None  # --fixed-cidr: the default bridge's allocation range
 
     @property
     def hairpin(self) -> bool:
@@ -60,6 +61,7 @@ class PortSpec:
     host_ip: IPAddress | None = None
     host_port: int = 0
     host_port_end: int = 0
+    allocated: int = 0  # the host port Docker allocated, when a dump shows it
 
     def __str__(self) -> str:
         ip = "" if self.host_ip is None else (f"[{self.host_ip}]:" if self.host_ip.version == 6 else f"{self.host_ip}:")
@@ -86,7 +88,9 @@ class Network:
     subnets4: tuple[IPv4Network, ...] = ()
     subnets6: tuple[IPv6Network, ...] = ()
     gateways4: tuple[IPv4Address, ...] = ()
-    gateways6: tuple[IPv6Address, ...] = ()
+    gateways6: tuple[IPv6Address, ...] = ()  # empty for a family whose gateway mode is isolated
+    ip_ranges4: tuple[IPv4Network, ...] = ()  # --ip-range: where container addresses are allocated
+    ip_ranges6: tuple[IPv6Network, ...] = ()
     internal: bool = False
     ipv6: bool = False
     icc: bool = True
@@ -118,7 +122,7 @@ class Container:
     addresses: tuple[tuple[str, IPAddress], ...] = ()
     expose: tuple[tuple[int, Proto], ...] = ()
     links: tuple[Link, ...] = ()
-    gw_priority: tuple[tuple[str, int], ...] = ()  # docker run --gw-priority, per network (inspect only)
+    gw_priority: tuple[tuple[str, int], ...] = ()  # --gw-priority, per network
 
 
 EVENT_KINDS = ("run", "stop", "start", "restart", "rm", "connect", "disconnect", "network create", "network rm")

@@ -58,8 +58,9 @@ def parse(text: str, source: str = "<reference>") -> dict[str, Table]:
 
     A table starts at ``*TABLE`` (save format) or at a run of ``-P`` lines (``-S`` format,
     the table told by a nearby heading or by its built-in chains); ``-t TABLE`` on a line
-    names the table for that line. Rule-like lines outside any table (quoted snippets in
-    prose) are ignored.
+    names the table for that line. An ``-S`` table ends with its block (the first line that is
+    not a rule, blank ones included), so rule-like lines outside any table (quoted snippets in
+    prose, such as an ``iptables -S DOCKER`` listing that starts at ``-N``) are ignored.
     """
     tables: dict[str, Table] = {}
     current: Table | None = None
@@ -107,6 +108,8 @@ def parse(text: str, source: str = "<reference>") -> dict[str, Table]:
                     current.policies[parts[0]] = parts[1]
             continue
         if not line.startswith("-"):
+            if not in_save and not pending:
+                current = None  # the -S block is over
             hm = _HEADING.search(line)
             if hm and not line.startswith("Chain "):
                 hint = (hm.group(1) or hm.group(2)).lower()

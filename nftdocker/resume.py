@@ -81,10 +81,12 @@ def checkpoint(fw: Firewall) -> dict[str, Any]:
     return {
         "fingerprint": fingerprint(fw.sc),
         "forwarding": [fw.forwarding[4], fw.forwarding[6]],
-        "ipam": [[net, v, str(p.subnet), sorted(p.used)] for (net, v), p in fw.ipam.items()],
+        "ipam": [[net, v, str(p.subnet), sorted(p.used), p.range and str(p.range)] for (net, v), p in fw.ipam.items()],
         "ports": {
             "taken": [[str(h), proto, sorted(ports)] for (h, proto), ports in fw.ports.taken.items()],
             "last": [[str(h), proto, lo, hi, port] for (h, proto, lo, hi), port in fw.ports.last.items()],
+            "sockets": [[proto, port, str(h), listening]
+                        for (proto, port), socks in fw.ports.sockets.items() for h, listening in socks],
         },
         "endpoints": [[e.container, e.network, e.ipv4 and str(e.ipv4), e.ipv6 and str(e.ipv6)] for e in fw.endpoints],
         "sysctls": [[s.key, s.value, s.origin] for s in fw.sysctls.values()],
@@ -167,14 +169,16 @@ class ResumedFirewall(Firewall):
     def _restore(self, cp: Mapping[str, Any]) -> None:
         f4, f6 = cp["forwarding"]
         self.forwarding = {4: bool(f4), 6: bool(f6)}
-        for net, v, subnet, used in cp["ipam"]:
-            pool = _Pool(ip_network(subnet), None)
+        for net, v, subnet, used, rng in cp["ipam"]:
+            pool = _Pool(ip_network(subnet), None, rng and ip_network(rng))
             pool.used = set(used)
             self.ipam[(net, int(v))] = pool
         for h, proto, ports in cp["ports"]["taken"]:
             self.ports.taken[(ip_address(h), proto)] = set(ports)
         for h, proto, lo, hi, port in cp["ports"]["last"]:
             self.ports.last[(ip_address(h), proto, lo, hi)] = port
+        for proto, port, h, listening in cp["ports"]["sockets"]:
+            self.ports.sockets.setdefault((proto, port), []).append([ip_address(h), bool(listening)])
         for ctr, net, a4, a6 in cp["endpoints"]:
             ep = Endpoint(ctr, net, a4 and ip_address(a4), a6 and ip_address(a6))  # type: ignore[arg-type]
             self.endpoints.append(ep)

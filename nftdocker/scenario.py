@@ -64,10 +64,11 @@ DAEMON_KEYS: dict[str, type] = {
     "ip": str,
     "bridge": str,
     "bip": str,
+    "fixed-cidr": str,
 }
 HOST_KEYS = {"ipv4-forwarding": bool, "ipv6-forwarding": bool}
-NETWORK_KEYS = {"name", "subnets", "gateways", "internal", "ipv6", "options"}
-CONTAINER_KEYS = {"name", "networks", "publish", "addresses", "expose", "links"}
+NETWORK_KEYS = {"name", "subnets", "gateways", "internal", "ipv6", "ipv4", "ip-ranges", "options"}
+CONTAINER_KEYS = {"name", "networks", "publish", "addresses", "expose", "links", "gw-priority"}
 TOP_KEYS = {"daemon", "host", "networks", "containers", "docker-inspect", "events"}
 EVENT_KEYS = {
     "run": CONTAINER_KEYS, "stop": {"container"}, "start": {"container"}, "restart": {"container"}, "rm": {"container"},
@@ -198,6 +199,20 @@ def parse_daemon(ctx: _Ctx, raw: Any, where: str = "daemon") -> Daemon:
         if iface.ip == iface.network.network_address and iface.network.prefixlen < 31:
             raise ctx.fail(f"{where}.bip", f"{table['bip']!r} is a network address; give the bridge's own address")
         kw["bip"] = (iface.ip, iface.network)
+    if "fixed-cidr" in table:
+        fkey = f"{where}.fixed-cidr"
+        net = _prefix(ctx, fkey, table["fixed-cidr"])
+        if net.version != 4:
+            raise ctx.fail(fkey, f"{table['fixed-cidr']!r} is not an IPv4 prefix")
+        if "bip" not in kw:
+            # getDefaultBridgeIPAMConf on a fresh host: fixed-cidr is also the subnet, and IPAM
+            # gives the bridge its first address.
+            kw["bip"] = (_first_free(net, None), net)
+        gw, subnet = kw["bip"]
+        if not net.overlaps(subnet):
+            raise ctx.fail(fkey, f"'{net}' is not inside the default bridge's subnet '{subnet}' (bip)")
+        # A fixed-cidr wider than the subnet allocates from the whole subnet (RequestPool).
+        kw["fixed_cidr"] = None if net.prefixlen <= subnet.prefixlen else net
     daemon = Daemon(**kw)
     if not daemon.iptables and not daemon.icc:
         raise ctx.fail(f"{where}.icc", "dockerd refuses icc = false together with iptables = false")
@@ -230,6 +245,7 @@ def default_bridge(daemon: Daemon) -> Network | None:
         bridge=daemon.bridge,
         subnets4=(subnet,),
         gateways4=(gw,),
+        ip_ranges4=(daemon.fixed_cidr,) if daemon.fixed_cidr else (),
         subnets6=(daemon.fixed_cidr_v6,) if v6 and daemon.fixed_cidr_v6 else (),
         gateways6=(next(daemon.fixed_cidr_v6.hosts()),) if v6 and daemon.fixed_cidr_v6 else (),
         ipv6=v6,
@@ -251,19 +267,35 @@ def with_default_ipv4_pool(net: Network, earlier: list[Network]) -> Network:
     """A network listed with only an IPv6 subnet still gets IPv4 from Docker's default pools.
 
     Docker (defaultipam allocatePredefinedPool) takes the first default pool that overlaps no
-    existing network's subnet; its gateway is the pool's first address.
+    existing network's subnet; its gateway is the pool's first address (none when isolated).
     """
     taken = [s for n in earlier for s in n.subnets4]
     for pool in default_ipv4_pools():
         if not any(pool.overlaps(t) for t in taken):
-            return replace(net, subnets4=(pool,), gateways4=(pool.network_address + 1,))
+            gws = () if net.gw_mode4 == "isolated" else (pool.network_address + 1,)
+            return replace(net, subnets4=(pool,), gateways4=gws)
     return net
 
 
-def _first_host(net: IPv4Network | IPv6Network) -> IPAddress:
-    if net.num_addresses <= 2:
-        return net.network_address
-    return net.network_address + 1
+def _first_free(net: IPv4Network | IPv6Network, ip_range: IPv4Network | IPv6Network | None) -> IPAddress:
+    """The address Docker's IPAM hands out first (the gateway it picks): the lowest one in the
+    range (or subnet) that is not reserved (newPoolData: the subnet's first address, and for
+    IPv4 its broadcast, except on a /31 or /32)."""
+    within = ip_range if ip_range is not None else net
+    reserved = set()
+    if net.version == 6 or net.prefixlen < 31:
+        reserved.add(net.network_address)
+        if net.version == 4:
+            reserved.add(net.broadcast_address)
+    a = within.network_address
+    while a in reserved and a < within.broadcast_address:
+        a += 1
+    return a
+
+
+def _ipv4_wanted(raw: Any) -> bool:
+    """A listed network's ``ipv4`` (already type-checked by parse_network); Docker's default is on."""
+    return not (isinstance(raw, dict) and raw.get("ipv4") is False)
 
 
 def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str], where: str | None = None) -> Network:
@@ -287,6 +319,7 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str], wher
         except ValueError:
             raise ctx.fail(f"{where}.subnets[{j}]", f"{text!r} has host bits set (did you mean '{n}'?)") from None
     ipv6 = _expect(ctx, f"{where}.ipv6", table.get("ipv6", False), bool)
+    ipv4 = _expect(ctx, f"{where}.ipv4", table.get("ipv4", True), bool)
     internal = _expect(ctx, f"{where}.internal", table.get("internal", False), bool)
     subnets4 = tuple(n for n in nets if n.version == 4)
     subnets6 = tuple(n for n in nets if n.version == 6)
@@ -297,6 +330,11 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str], wher
         raise ctx.fail(f"{where}.ipv6", "an IPv6 subnet is listed but ipv6 is not true")
     if ipv6 and not subnets6:
         raise ctx.fail(f"{where}.subnets", "ipv6 = true needs an IPv6 subnet")
+    if not ipv4:
+        if not ipv6:
+            raise ctx.fail(f"{where}.ipv4", "ipv4 = false needs ipv6 = true (Docker refuses a network with neither)")
+        if subnets4:
+            raise ctx.fail(f"{where}.subnets", f"'{subnets4[0]}' is an IPv4 subnet but ipv4 is false")
     for fam, group in ((4, subnets4), (6, subnets6)):
         if len(group) > 1:
             raise ctx.fail(f"{where}.subnets", f"a bridge network takes one IPv{fam} subnet, not {len(group)}")
@@ -310,8 +348,19 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str], wher
             if addr not in nets[j]:
                 raise ctx.fail(f"{where}.gateways[{j}]", f"{g!r} is not in subnet '{nets[j]}'")
             gws.append(addr)
-    for n in nets[len(gws):]:
-        gws.append(_first_host(n))
+    ranges = []
+    for j, r in enumerate(_expect(ctx, f"{where}.ip-ranges", table.get("ip-ranges", []), list)):
+        rkey = f"{where}.ip-ranges[{j}]"
+        rng = _prefix(ctx, rkey, r)
+        try:
+            ip_network(r, strict=True)
+        except ValueError:
+            raise ctx.fail(rkey, f"{r!r} has host bits set (did you mean '{rng}'?)") from None
+        if not any(rng.version == n.version and rng.subnet_of(n) for n in nets):  # type: ignore[arg-type]
+            raise ctx.fail(rkey, f"'{rng}' is not inside any of the network's subnets")
+        if any(x.version == rng.version for x in ranges):
+            raise ctx.fail(rkey, f"a second IPv{rng.version} range (one per subnet)")
+        ranges.append(rng)
     options = _expect(ctx, f"{where}.options", table.get("options", {}), dict)
     opts: dict[str, str] = {}
     for k, v in options.items():
@@ -319,7 +368,8 @@ def parse_network(ctx: _Ctx, raw: Any, i: int, ordinal_ids: dict[str, str], wher
         if isinstance(v, bool):
             v = "true" if v else "false"
         opts[k] = _expect(ctx, okey, v, str)
-    return network_from_options(ctx, where, name, subnets4, subnets6, gws, internal, ipv6, opts, ordinal_ids)
+    return network_from_options(ctx, where, name, subnets4, subnets6, gws, internal, ipv6, opts, ordinal_ids,
+                                ranges=ranges)
 
 
 def network_from_options(
@@ -334,8 +384,15 @@ def network_from_options(
     opts: dict[str, str],
     ids: dict[str, str],
     default: bool = False,
+    ranges: Iterable[IPAddress | Any] = (),
 ) -> Network:
-    """Build a Network from ``docker network create`` options (shared by TOML and inspect input)."""
+    """Build a Network from ``docker network create`` options (shared by TOML and inspect input).
+
+    ``gws`` holds the gateways the user gave (``--gateway``), ``ranges`` the ``--ip-range``s. A
+    subnet without a given gateway gets the one Docker's IPAM picks (ipamAllocateVersion): the
+    first free address of its range, or none at all when that family's gateway mode is isolated
+    (bridge GetSkipGwAlloc).
+    """
 
     def okey(k: str) -> str:
         return f'{where}.options."{k}"'
@@ -384,8 +441,15 @@ def network_from_options(
         host6 = a
     if opts.get(OPT_BRIDGE + "default_bridge", "false") == "true" and not default:
         raise ctx.fail(okey(OPT_BRIDGE + "default_bridge"), "only the daemon creates the default bridge")
+    ranges = list(ranges)
+    r4 = tuple(r for r in ranges if r.version == 4 and r.prefixlen > subnets4[0].prefixlen) if subnets4 else ()
+    r6 = tuple(r for r in ranges if r.version == 6 and r.prefixlen > subnets6[0].prefixlen) if subnets6 else ()
     gw4 = tuple(g for g in gws if g.version == 4)
     gw6 = tuple(g for g in gws if g.version == 6)
+    if subnets4 and not gw4 and modes[0] != "isolated":
+        gw4 = (_first_free(subnets4[0], r4[0] if r4 else None),)
+    if subnets6 and not gw6 and modes[1] != "isolated":
+        gw6 = (_first_free(subnets6[0], r6[0] if r6 else None),)
     return Network(
         name=name,
         bridge=bridge,
@@ -393,6 +457,8 @@ def network_from_options(
         subnets6=subnets6,
         gateways4=gw4,  # type: ignore[arg-type]
         gateways6=gw6,  # type: ignore[arg-type]
+        ip_ranges4=r4,  # type: ignore[arg-type]
+        ip_ranges6=r6,  # type: ignore[arg-type]
         internal=internal,
         ipv6=ipv6,
         icc=icc,
@@ -529,6 +595,16 @@ def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str], where:
         if not target:
             raise ctx.fail(lkey, f"{l!r} is not NAME:ALIAS")
         links.append(Link(_check_name(ctx, lkey, target.lstrip("/"), "container"), alias or target.lstrip("/")))
+    prio: list[tuple[str, int]] = []
+    for k, v in _expect(ctx, f"{where}.gw-priority", table.get("gw-priority", {}), dict).items():
+        pkey = f"{where}.gw-priority.{k}"
+        if k not in nets:
+            raise ctx.fail(pkey, f"the container is not on network {k!r}")
+        _expect(ctx, pkey, v, int)
+        if not -(1 << 63) <= v < (1 << 63):
+            raise ctx.fail(pkey, f"{v} does not fit Docker's 64-bit priority")
+        if v:
+            prio.append((k, v))
     return Container(
         name=name,
         networks=tuple(nets),
@@ -536,6 +612,7 @@ def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str], where:
         addresses=tuple(addrs),
         expose=tuple(expose),  # type: ignore[arg-type]
         links=tuple(links),
+        gw_priority=tuple(prio),
     )
 
 
@@ -591,7 +668,7 @@ def from_document(ctx: _Ctx, doc: dict[str, Any], base: Path, inspect: Any = Non
         raw_nets = _expect(ctx, "networks", doc.get("networks", []), list)
         for i, rn in enumerate(raw_nets):
             net = parse_network(ctx, rn, i, {})
-            if not net.subnets4:
+            if not net.subnets4 and _ipv4_wanted(rn):
                 net = with_default_ipv4_pool(net, networks)
             networks.append(net)
         names = {n.name for n in networks}
@@ -863,11 +940,12 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
         opts = {str(k): _get(ctx, opts_raw, f"{where}.Options", k, str) for k in opts_raw}
         ipam = _get(ctx, o, where, "IPAM", dict, {})
         cfgs = _get(ctx, ipam, f"{where}.IPAM", "Config", list, [], null=True)
-        pools: list[tuple[str, str, str]] = []  # (key, Subnet, Gateway) of each IPAM.Config entry
+        pools: list[tuple[str, str, str, str]] = []  # (key, Subnet, Gateway, IPRange) of each IPAM.Config entry
         for j, c in enumerate(cfgs):
             ckey = f"{where}.IPAM.Config[{j}]"
             _typed(ctx, ckey, c, dict)
-            pools.append((ckey, _get(ctx, c, ckey, "Subnet", str, ""), _get(ctx, c, ckey, "Gateway", str, "")))
+            pools.append((ckey, _get(ctx, c, ckey, "Subnet", str, ""), _get(ctx, c, ckey, "Gateway", str, ""),
+                          _get(ctx, c, ckey, "IPRange", str, "")))
         if driver != "bridge":
             continue
         by_id[ident] = name
@@ -875,23 +953,26 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
             continue  # the default bridge comes from [daemon]
         ids[name] = ident
         subs: list[Any] = []
-        gws: list[IPAddress] = []
-        for ckey, subnet, gw in pools:
+        gws: list[IPAddress] = []  # only the ones the user gave: Docker 28 shows no other
+        ranges: list[Any] = []
+        for ckey, subnet, gw, iprange in pools:
             if not subnet:
                 raise ctx.fail(f"{ckey}.Subnet", "required key is missing or empty")
             s = _prefix(ctx, f"{ckey}.Subnet", subnet)
             subs.append(s)
-            gws.append(_addr(ctx, f"{ckey}.Gateway", gw) if gw else _first_host(s))
-        order = sorted(range(len(subs)), key=lambda j: subs[j].version)
-        subs = [subs[j] for j in order]
-        gws = [gws[j] for j in order]
-        s4 = tuple(s for s in subs if s.version == 4)
+            if gw:
+                gws.append(_addr(ctx, f"{ckey}.Gateway", gw))
+            if iprange:
+                ranges.append(_prefix(ctx, f"{ckey}.IPRange", iprange))
+        subs.sort(key=lambda n: n.version)
+        ipv4 = _get(ctx, o, where, "EnableIPv4", bool, True)  # absent before Docker 28: always on
+        s4 = tuple(s for s in subs if s.version == 4) if ipv4 else ()
         s6 = tuple(s for s in subs if s.version == 6) if ipv6 else ()
-        gws = [g for g in gws if g.version == 4 or ipv6]
+        gws = [g for g in gws if (g.version == 4 and ipv4) or (g.version == 6 and ipv6)]
         user_nets.append(
             network_from_options(
                 ctx, where, _check_name(ctx, f"{where}.Name", name, "network"), s4, s6, gws,
-                internal, ipv6 and bool(s6), opts, ids,
+                internal, ipv6 and bool(s6), opts, ids, ranges=ranges,
             )
         )
     networks = ([dflt] if dflt else []) + user_nets
@@ -989,7 +1070,11 @@ def _bindings(ctx: _Ctx, key: str, raw: Any) -> list[tuple[str, str, str]]:
 def _ports_from_inspect(
     ctx: _Ctx, where: str, host_config: dict[str, Any], settings: dict[str, Any]
 ) -> list[PortSpec]:
-    """Published ports: the request (HostConfig.PortBindings) with the ports Docker allocated (NetworkSettings.Ports)."""
+    """Published ports: the request (HostConfig.PortBindings) with the ports Docker allocated (NetworkSettings.Ports).
+
+    A binding keeps the host port or range it asked for, since that decides where Docker sorts
+    it (cmpPortBinding: exact ports before ranges), and carries the port it got as ``allocated``.
+    """
     akey, rkey = f"{where}.NetworkSettings.Ports", f"{where}.HostConfig.PortBindings"
     actual_raw = _get(ctx, settings, f"{where}.NetworkSettings", "Ports", dict, {}, null=True)
     requested_raw = _get(ctx, host_config, f"{where}.HostConfig", "PortBindings", dict, {}, null=True)
@@ -1014,7 +1099,9 @@ def _ports_from_inspect(
                 or (hip is not None and gip is not None and gip == hip)
             ]
             allocated = [(gkey, gport) for gkey, gport in match if gport]
-            hkey, hp_text = (f"{allocated[0][0]}.HostPort", allocated[0][1]) if allocated else (f"{bkey}.HostPort", hp_req)
-            hp = _inspect_port(ctx, hkey, hp_text, 0)[0] if hp_text else 0
-            out.append(PortSpec(cport, proto, hip, hp, hp))  # type: ignore[arg-type]
+            got_port = _inspect_port(ctx, f"{allocated[0][0]}.HostPort", allocated[0][1], 0)[0] if allocated else 0
+            want_key, want_text = (f"{bkey}.HostPort", hp_req) if requested else (
+                (f"{allocated[0][0]}.HostPort", allocated[0][1]) if allocated else ("", ""))
+            lo, hi = _inspect_port(ctx, want_key, want_text, 0) if want_text else (0, 0)
+            out.append(PortSpec(cport, proto, hip, lo, hi, got_port))  # type: ignore[arg-type]
     return out
