@@ -59,6 +59,9 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     except NftdockerError:
         # Docker would refuse this host as described: write it as it is, pin nothing
         return dumps(scenario_document(s, False, False), header)
+    if s.events:  # the host as its history left it, everything pinned as allocated: the same rules,
+        # in the order a fresh host would have them (a scenario without events cannot say the history's)
+        return dumps(scenario_document(gen.scenario, True, True, gen), header)
     want = _signature(gen)
     for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
         text = dumps(scenario_document(s, pin_ports, pin_addresses, gen), header)

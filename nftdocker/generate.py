@@ -765,8 +765,9 @@ class Firewall:
     def generated(self) -> Generated:
         rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
         sc = self.sc
-        if sc.events:  # the host as the history left it
-            sc = replace(sc, networks=tuple(self.networks.values()), containers=tuple(self.containers.values()))
+        if sc.events:  # the host as the history left it: its networks, and its running containers in the order they last started
+            sc = replace(sc, networks=tuple(self.networks.values()), containers=tuple(self.containers[n] for n in self.running),
+                         events=())
         return Generated(sc, rulesets, self.endpoints, self.bindings, list(self.sysctls.values()), self.hairpin_ports)
 
 

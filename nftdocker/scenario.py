@@ -879,8 +879,20 @@ def _describe_json(value: Any) -> str:
     return _describe(value)
 
 
-def _created(ctx: _Ctx, where: str, obj: dict[str, Any]) -> datetime:
-    text = _get(ctx, obj, where, "Created", str, "")
+def _started(ctx: _Ctx, where: str, obj: dict[str, Any]) -> datetime:
+    """When a container last started (``State.StartedAt``; else its ``Created``): Docker programs
+    a container's rules when it starts, so a container stopped and started again comes after the others."""
+    created = _created(ctx, where, obj)
+    state = _get(ctx, obj, where, "State", dict, {}, null=True)
+    if state.get("StartedAt"):
+        t = _created(ctx, f"{where}.State", state, "StartedAt")
+        if t != datetime.min and t.year > 1:
+            return t
+    return created
+
+
+def _created(ctx: _Ctx, where: str, obj: dict[str, Any], key: str = "Created") -> datetime:
+    text = _get(ctx, obj, where, key, str, "")
     m = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text)
     if not m:
         return datetime.min
@@ -888,7 +900,7 @@ def _created(ctx: _Ctx, where: str, obj: dict[str, Any]) -> datetime:
     try:
         return datetime.fromisoformat(f"{m.group(1)}.{frac}")
     except ValueError:
-        raise ctx.fail(f"{where}.Created", f"{text!r} is not a time") from None
+        raise ctx.fail(f"{where}.{key}", f"{text!r} is not a time") from None
 
 
 def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], list[Container]]:
@@ -920,7 +932,8 @@ def from_inspect(ctx: _Ctx, dump: Any, daemon: Daemon) -> tuple[list[Network], l
             containers_in.append((where, o))
         else:
             raise ctx.fail(where, "neither a network nor a container inspect object")
-    created = {id(o): _created(ctx, where, o) for where, o in networks_in + containers_in}
+    created = {id(o): _created(ctx, where, o) for where, o in networks_in}
+    created.update({id(o): _started(ctx, where, o) for where, o in containers_in})
     networks_in.sort(key=lambda t: created[id(t[1])])
     containers_in.sort(key=lambda t: created[id(t[1])])
 

@@ -30,8 +30,8 @@ def test_compat_matches_docker(case, family, source):
     assert got == want
 
 
-def test_all_sixteen_cases_present():
-    assert len(CASES) == 16
+def test_all_eighteen_cases_present():
+    assert len(CASES) == 18
 
 
 @pytest.mark.skipif(not SHARED_REFERENCE.is_dir(), reason="../shared/reference is not beside the repo")
