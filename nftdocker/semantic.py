@@ -18,6 +18,7 @@ STATES = ("NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED")
 TERMINAL = {"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT"}
 SIDE_EFFECT_FREE = TERMINAL | {"RETURN"}
 _PROTO = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp"}
+_WITNESS_PROTOS = ("tcp", "udp", "icmp", "ipv6-icmp")
 _MODULES = {"tcp", "udp", "sctp", "conntrack", "state", "addrtype", "comment"}
 
 
@@ -265,7 +266,10 @@ class Packet:
         def hp(a: Any, p: int) -> str:
             return f"[{a}]:{p}" if a.version == 6 else f"{a}:{p}"
 
-        s = f"{self.proto} {hp(self.src, self.sport)} -> {hp(self.dst, self.dport)}"
+        if self.proto in ("tcp", "udp"):
+            s = f"{self.proto} {hp(self.src, self.sport)} -> {hp(self.dst, self.dport)}"
+        else:
+            s = f"{self.proto} {self.src} -> {self.dst}"
         s += "".join(f" {k} {v}" for k, v in (("in", self.iif), ("out", self.oif)) if v)
         if self.state != "NEW":
             s += f" ctstate {self.state}"
@@ -361,7 +365,7 @@ def _port_values(cs: tuple, hints: Sequence[int], default: int) -> list[int]:
 def candidates(b: Box, hints: Hints, version: int) -> Iterator[Packet]:
     """Concrete packets in ``b``: a base packet, then one field changed at a time (bounded)."""
     pos = [p for p, neg in b.proto if not neg]
-    protos = [p for p in (pos[:1] or ["tcp", "udp"]) if p in ("tcp", "udp") and all((p == q) != neg for q, neg in b.proto)]
+    protos = [p for p in (pos[:1] or ["tcp", "udp"]) if p in _WITNESS_PROTOS and all((p == q) != neg for q, neg in b.proto)]
     fields = {
         "proto": protos,
         "src": _addresses(b.src, hints.hosts, "203.0.113.9", version, hosts_first=False),
