@@ -66,7 +66,7 @@ def plan_witnesses(witnesses: list[tuple[str, Witness]], plan: Plan, gen: Any) -
             for ctr, bs in gen.bindings.items():
                 for b in bs:
                     if str(b.container_ip) == dst and b.container_port == p.dport and b.proto == p.proto and b.host_port:
-                        hip = public if (b.host_ip.is_unspecified or b.host_ip.is_loopback) else str(b.host_ip)
+                        hip = public if b.host_ip.is_unspecified else str(b.host_ip)
                         targets.append(("host", hip, b.host_port))
         elif dst in host_addrs:
             targets.append(("host", dst, p.dport))
