@@ -17,10 +17,12 @@ from typing import Any, Iterable
 
 from .ir import BUILTIN_CHAINS, TABLE_ORDER
 from .reference import Table, parse
-from .semantic import SIDE_EFFECT_FREE, Hints, Outcome, Packet, Rule, candidates, evaluate, overlap, parse_rule
+from .chain_eval import Outcome, evaluate
+from .semantic import SIDE_EFFECT_FREE, Hints, Packet, Rule, candidates, overlap, parse_rule
 
 SIDES = ("reference", "nftdocker")
 MAX_WITNESS_SEARCHES = 50
+MAX_PAIRS = 1000  # per chain: listing reordered overlapping pairs stops there
 _NO_IIF = ("OUTPUT", "POSTROUTING")
 _NO_OIF = ("PREROUTING", "INPUT")
 
@@ -180,7 +182,7 @@ def _lis(seq: list[int]) -> int:
 
 
 def _within(items: list[_Item], level: int, out: list) -> None:
-    if len(items) < 2:
+    if len(items) < 2 or len(out) >= MAX_PAIRS:
         return
     if level == 5 or len(items) <= 8:
         _leaf(items, [], out)
@@ -201,7 +203,7 @@ def _within(items: list[_Item], level: int, out: list) -> None:
 
 
 def _cross(a: list[_Item], b: list[_Item], level: int, out: list) -> None:
-    if not a or not b:
+    if not a or not b or len(out) >= MAX_PAIRS:
         return
     if level == 5 or len(a) * len(b) <= 64:
         _leaf(a, b, out)
@@ -236,6 +238,8 @@ def _leaf(a: list[_Item], b: list[_Item], out: list) -> None:
     for k, (_, side, x) in enumerate(tagged):
         other = seen[1 - side] if b else seen[0]
         j = bisect_right(other, (x.pb, len(order)))
+        if len(out) >= MAX_PAIRS:
+            return
         for _, idx in other[j:]:
             y = order[idx]
             if y.rule.target != x.rule.target and (not (x.pure and y.pure) or overlap(x.rule, y.rule)):
@@ -341,6 +345,9 @@ def _compare_chain(table: str, chain: str, a: list[str], b: list[str], sides: tu
                                 [(SIDES[0], first.pa + 1, first.rule.text), (SIDES[0], second.pa + 1, second.rule.text),
                                  (SIDES[1], second.pb + 1, second.rule.text), (SIDES[1], first.pb + 1, first.rule.text)],
                                 note))
+    if len(pairs) >= MAX_PAIRS:
+        diffs.append(Difference("order-more", table, chain, [],
+                                f"more overlapping pairs in another order: the listing stops at {MAX_PAIRS}"))
     return diffs
 
 

@@ -15,7 +15,8 @@ import pytest
 
 from conftest import COMPAT, RULESETS, run_cli
 from nftdocker import reference
-from nftdocker.semantic import Packet, evaluate, overlap, parse_rule
+from nftdocker.chain_eval import evaluate
+from nftdocker.semantic import Packet, overlap, parse_rule
 from nftdocker.semantic_diff import compare
 
 CAPTURES = sorted(p for base in (RULESETS, COMPAT) for p in base.glob("*/ip*tables-save.txt"))

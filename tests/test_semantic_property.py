@@ -19,7 +19,8 @@ from nftdocker.compat import compat_of
 from nftdocker.generate import generate
 from nftdocker.ir import BUILTIN_CHAINS
 from nftdocker.reference import parse
-from nftdocker.semantic import Hints, candidates, evaluate, parse_rule
+from nftdocker.chain_eval import evaluate
+from nftdocker.semantic import Hints, candidates, parse_rule
 from nftdocker.semantic_diff import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
