@@ -174,6 +174,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
     ref_text = read_reference(args.reference)
     ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
+    if args.semantic:
+        from .semantic_diff import compare
+
+        res = compare(ours, ref_text, args.reference, version=6 if args.ipv6 else 4)
+        print(json.dumps(res.to_json(), indent=2) if args.json else res.text(), end="\n" if args.json else "")
+        return 0 if res.equivalent else 1
     lines, tables = diff(ours, ref_text, args.reference, f"nftdocker compat {args.scenario or args.docker_host}")
     if args.json:
         print(json.dumps({"identical": not lines, "tables": tables, "diff": lines,
@@ -276,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("reference", metavar="REFERENCE", help="iptables-save, iptables -S or an iptablesdoc page")
     d.add_argument("--ipv6", action="store_true")
     d.add_argument("--json", action="store_true")
+    d.add_argument("--semantic", action="store_true",
+                   help="compare what the rules do: exit 0 when only harmless reorderings differ, else a witness packet per difference")
     d.set_defaults(func=cmd_diff)
 
     a = sub.add_parser("apply", help="load the table(s) into the kernel in one transaction")

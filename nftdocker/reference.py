@@ -50,6 +50,8 @@ def _guess_table(builtins: set[str]) -> str | None:
     return None
 
 
+# Printable ASCII without quotes or backslashes: shlex would split it exactly as str.split does.
+_PLAIN = re.compile(r"[ !#-&(-\[\]-~]*")
 _HEADING = re.compile(r"\b(raw|mangle|filter|nat)\b\s+table|\btable\s+(raw|mangle|filter|nat)\b", re.I)
 
 
@@ -115,7 +117,7 @@ def parse(text: str, source: str = "<reference>") -> dict[str, Table]:
                 hint = (hm.group(1) or hm.group(2)).lower()
             continue
         try:
-            words = shlex.split(line)
+            words = line.split() if _PLAIN.fullmatch(line) else shlex.split(line)
         except ValueError:
             continue
         if len(words) < 2 or words[0] not in ("-P", "-N", "-A"):

@@ -811,16 +811,20 @@ def _check_controls(s: Session, results: dict[str, dict[int, Outcome]]) -> None:
 def verify(gen: Any, *, reference4: str | None = None, reference6: str | None = None,
            reference_names: tuple[str | None, str | None] = (None, None), nft_gen: Any | None = None,
            table: str = "nftdocker", timeout: float = DEFAULT_TIMEOUT, jobs: int = DEFAULT_JOBS,
-           keep: bool = False, tag: str | None = None) -> Report:
+           keep: bool = False, tag: str | None = None, add_probes: Callable[[Plan], Any] | None = None) -> Report:
     """Build both sides, load the legacy rules and the nft table, run every probe through both.
 
     ``nft_gen`` loads another generation's rulesets on the nft side (tests alter one rule that way);
-    topology and probes always come from ``gen``.
+    topology and probes always come from ``gen``; ``add_probes`` may append more to the plan (and
+    the servers they need) before anything is built.
     """
     check_environment()
     t0 = time.monotonic()
     text4, text6, src = legacy_texts(gen, table, reference4, reference6, reference_names)
-    with Session(gen, table=table, timeout=timeout, jobs=jobs, keep=keep, tag=tag) as s:
+    s = Session(gen, table=table, timeout=timeout, jobs=jobs, keep=keep, tag=tag)
+    if add_probes is not None:
+        add_probes(s.plan)
+    with s:
         t = time.monotonic()
         s.load_legacy(text4, text6)
         s.load_nft(nft_gen)

@@ -39,6 +39,8 @@ def register(sub: Any) -> None:
     v.add_argument("--jobs", type=int, default=None, metavar="N", help="probes run at once per namespace (default 32)")
     v.add_argument("--coverage", action="store_true",
                    help="drop each rule of the nft table in turn and list the probes that notice (slow)")
+    v.add_argument("--witness", action="store_true",
+                   help="also run diff --semantic against the reference and send each witness packet through both sides")
     v.set_defaults(func=cmd_verify)
 
 
@@ -80,9 +82,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be between 1 and 256")
     if args.coverage and (args.reference or args.reference6 or args.keep):
         raise UsageError("--coverage compares against nftdocker's own compat output; it takes no --reference or --keep")
+    if args.coverage and args.witness:
+        raise UsageError("--coverage and --witness do not go together")
     ref4, name4 = _read_reference(args.reference)
     ref6, name6 = _read_reference(args.reference6)
     gen = generate(load_scenario(args))
+    semantic: dict[str, Any] = {}
+    sent: list[Any] = []
+    add_probes = None
+    if args.witness:
+        from .compat import compat_of
+        from .semantic_diff import compare
+        from .witness_probes import plan_witnesses
+
+        for fam, text, name in (("ip", ref4, name4), ("ip6", ref6, name6)):
+            if text is not None:
+                semantic[fam] = compare(compat_of(gen, fam, args.table), text, name or "reference", version=6 if fam == "ip6" else 4)
+        found = [(fam, w) for fam, res in semantic.items() for w in res.witnesses]
+        add_probes = lambda plan: sent.extend(plan_witnesses(found, plan, gen))  # noqa: E731
 
     # SIGTERM and SIGHUP clean up like Ctrl-C does.
     global _MAIN_PID
@@ -92,17 +109,47 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if args.coverage:
             return _coverage(args, gen, timeout, jobs)
         report = vf.verify(gen, reference4=ref4, reference6=ref6, reference_names=(name4, name6),
-                           table=args.table, timeout=timeout, jobs=jobs, keep=args.keep)
+                           table=args.table, timeout=timeout, jobs=jobs, keep=args.keep, add_probes=add_probes)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    checked = _witness_report(report, semantic, sent) if args.witness else None
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        print(json.dumps({**report.to_json(), **({"witness": checked[0]} if checked else {})}, indent=2))
     else:
         sys.stdout.write(report.text())
+        if checked:
+            sys.stdout.write("".join(l + "\n" for l in checked[1]))
     if report.kept and args.json:
         print(f"namespaces kept; remove them with: {vf.removal_command(report.namespaces)}", file=sys.stderr)
-    return 0 if report.ok else 1
+    return 0 if report.ok and all(r.equivalent for r in semantic.values()) else 1
+
+
+def _witness_report(report: Any, semantic: dict[str, Any], sent: list[Any]) -> tuple[dict[str, Any], list[str]]:
+    """Each witness with the probes that sent it; whether packets confirm it; any contradiction."""
+    rows = {r.probe.id: r for r in report.rows}
+    lines: list[str] = []
+    items = []
+    for fam, res in semantic.items():
+        lines.append(f"diff --semantic ({fam}): {res.summary()}")
+    for k, wp in enumerate(sent, 1):
+        differ = [rows[p.id] for p in wp.probes if p.id in rows and not rows[p.id].agree]
+        status = "confirmed" if differ else ("cannot be sent" if not wp.probes else "NOT confirmed")
+        lines.append(f"witness {k} ({wp.family} {wp.witness.table} {wp.witness.hook}): {wp.witness.text()}: {status}"
+                     + (f" ({wp.reason})" if wp.reason else ""))
+        for p in wp.probes:
+            r = rows.get(p.id)
+            if r is not None:
+                lines.append(f"  {p.describe()}: legacy {r.legacy.text()}, nft {r.nft.text()}{'' if r.agree else ' (differ)'}")
+        items.append({"family": wp.family, "witness": wp.witness.to_json(), "status": status, "reason": wp.reason,
+                      "probes": [p.id for p in wp.probes], "differ": [r.probe.id for r in differ]})
+    contradicted = [r for r in report.differences for fam, res in semantic.items()
+                    if res.equivalent and (":" in r.probe.addr) == (fam == "ip6")]
+    for r in contradicted:
+        lines.append(f"CONTRADICTION: diff --semantic found the {'ip6' if ':' in r.probe.addr else 'ip'} rules equivalent, "
+                     f"but probe {r.probe.describe()} differs")
+    return ({"semantic": {fam: res.to_json() for fam, res in semantic.items()}, "witnesses": items,
+             "contradictions": [r.probe.describe() for r in contradicted]}, lines)
 
 
 def _coverage(args: argparse.Namespace, gen: Any, timeout: float, jobs: int) -> int:
