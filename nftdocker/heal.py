@@ -234,7 +234,7 @@ class Restored:
 
 def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[str, UserState]) -> Restored | None:
     """Bring the table back to ``gen``. A family whose table is gone: the whole table again
-    (``kernel.apply``) with ``kept`` (the user's part, as last read) in the same transaction.
+    (``kernel.apply``), then ``kept`` (the user's part, as last read) in a second, JSON transaction.
     Otherwise the applier sends only the difference (DOCKER-USER and the user's chains are its
     business, as on every change). None: nothing differed."""
     from .incremental import table_handle

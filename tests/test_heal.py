@@ -109,9 +109,15 @@ def watcher(daemon):
         print("\nheal: table back after " + ", ".join(f"{k}: {v * 1000:.0f} ms" for k, v in TIMES.items()))
 
 
-def remembered(w: Watcher, rule: str) -> bool:
+def remembered(w: Watcher, d: TestDaemon, rule: str) -> bool:
+    """The watcher keeps filter-DOCKER-USER's rules exactly as the kernel lists them now (its JSON,
+    handles dropped), and they include ``rule`` (nft's text of it)."""
+    if rule not in nft(d, "list", "chain", "ip", TABLE, "filter-DOCKER-USER"):
+        return False
+    listed = json.loads(nft(d, "-j", "list", "chain", "ip", TABLE, "filter-DOCKER-USER"))["nftables"]
+    rules = [{k: v for k, v in o["rule"].items() if k != "handle"} for o in listed if "rule" in o]
     st = w._kept.get("ip")
-    return st is not None and any(rule in r for r in st.user_rules or [])
+    return st is not None and st.user_rules == rules
 
 
 def restored_within(d: TestDaemon, w: Watcher, change: tuple[str, ...], want: str, name: str) -> str:
@@ -138,7 +144,7 @@ def restored_within(d: TestDaemon, w: Watcher, change: tuple[str, ...], want: st
 @docker
 def test_a_rule_deleted_from_filter_docker_is_put_back(daemon, watcher):
     nft(daemon, "insert", "rule", "ip", TABLE, "filter-DOCKER-USER", "ip", "saddr", "203.0.113.0/24", "drop")
-    assert poll(lambda: remembered(watcher, "203.0.113.0/24"), 1.0)  # the user's change is kept, not undone
+    assert poll(lambda: remembered(watcher, daemon, "ip saddr 203.0.113.0/24 drop"), 1.0)  # the user's change is kept, not undone
     want = listing(daemon)
     assert "ip saddr 203.0.113.0/24 drop" in want and "dnat to 192.0.2.2:80" in want
     out = nft(daemon, "-a", "list", "chain", "ip", TABLE, "filter-DOCKER")
@@ -162,7 +168,7 @@ def test_a_deleted_table_comes_back_with_the_users_rules_and_chain(daemon, watch
     nft(daemon, "add", "chain", "ip", TABLE, "mine")
     nft(daemon, "add", "rule", "ip", TABLE, "mine", "tcp", "dport", "22", "drop")
     nft(daemon, "insert", "rule", "ip", TABLE, "filter-DOCKER-USER", "jump", "mine")
-    assert poll(lambda: remembered(watcher, "jump mine"), 1.0)
+    assert poll(lambda: remembered(watcher, daemon, "jump mine"), 1.0)
     want = listing(daemon)
     assert "chain mine {" in want and "jump mine" in want
     line = restored_within(daemon, watcher, ("delete", "table", "ip", TABLE), want, "nft delete table ip nftdocker")
