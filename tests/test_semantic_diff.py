@@ -101,7 +101,8 @@ PAIRED = [p for p in CAPTURES if _published_pair(p.read_text())]
 
 
 def test_captures_are_there():
-    assert len(CAPTURES) == 40 and len(PAIRED) >= 14
+    cases = {p.parent.name for p in CAPTURES}
+    assert len(cases) >= 18 and len(CAPTURES) == 4 * len(cases) and len(PAIRED) >= 14
 
 
 # ---------------------------------------------------------------------- boxes
@@ -177,9 +178,14 @@ def _adjacent(text: str):
 
 
 def test_most_captures_get_reordered():
-    """Every IPv4 capture with more than one bridge; the IPv6 ones hold no two rules the rule of thumb may swap."""
+    """Most captures hold rules the rule of thumb may swap (so the equivalence test is not vacuous):
+    every IPv4 capture of the first ten cases but new-daemon, and at least 40 % of all."""
     changed = {p for p in CAPTURES if _reorder(p.read_text(), random.Random(_id(p))) != p.read_text()}
-    assert changed == {p for p in CAPTURES if p.name == "iptables-save.txt" and p.parent.name != "new-daemon"}
+    first_ten = {"ipv6", "multi", "new-daemon", "usernet-internal", "usernet-portmap", "usernet-portmap-lo",
+                 "usernet-portmap-natunprot", "usernet-portmap-noicc", "usernet-portmap-noproxy", "usernet-portmap-routed"}
+    assert {p for p in changed if p.parent.name in first_ten} == {
+        p for p in CAPTURES if p.name == "iptables-save.txt" and p.parent.name in first_ten - {"new-daemon"}}
+    assert len(changed) >= len(CAPTURES) * 4 // 10
 
 
 @pytest.mark.parametrize("path", PAIRED, ids=_id)
