@@ -269,3 +269,12 @@ def test_applied_event_by_event_the_kernel_lists_as_a_fresh_full_apply(events):
     finally:
         for ns in (a, b):
             subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def test_the_raw_table_stays_once_created_as_iptables_save_shows_it():
+    """Docker's iptables-save keeps printing *raw with its policies after the last raw rule goes."""
+    proxy = BASE.replace("userland-proxy = false", "userland-proxy = true")
+    g = gen_of(event("stop", container="c1"), event("stop", container="c2"), base=proxy)
+    text = save(g)
+    assert text.startswith("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"), text
+    assert "*raw" not in save(gen_of(base=proxy.replace('publish = ["8080:80"]', "").replace('publish = ["9090:90"]', "")))
