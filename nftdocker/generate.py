@@ -743,12 +743,8 @@ class Firewall:
     def run(self) -> Generated:
         with gc_paused():
             self.start_daemon()
-            if self.sc.events:  # what each network programs is recorded, for a later docker network rm
-                for net in self.sc.networks:
-                    self.add_network(net)
-            else:
-                for net in self.sc.networks:
-                    self.create_network(net)
+            for net in self.sc.networks:  # what each network programs is recorded, for a later docker network rm
+                self.add_network(net)
             for ctr in self.sc.containers:
                 self.run_container(ctr)
             for i, ev in enumerate(self.sc.events):

@@ -1385,7 +1385,8 @@ class IncrementalApplier:
 
     def apply(self, new: Generated, old: Generated | None = None) -> Stats:
         """:class:`watch.Applier`: load ``new`` (a Generated); ``old`` is what the caller loaded before."""
-        self.fw = None  # the caller generated this one: no model to replay on
+        if new is not self.gen:
+            self.fw = None  # the caller generated this one: no model to replay on
         return self._send(new)
 
     # -------------------------------------------------------------- internals
@@ -1457,21 +1458,28 @@ class IncrementalApplier:
 
     def _fast(self, scenario: Scenario) -> Stats:
         """Replay the appended containers' Docker calls on the kept model and send just those."""
-        t0 = time.perf_counter()
-        assert self.gen is not None and self.fw is not None
+        assert self.gen is not None
         old_sc = self.gen.scenario
-        fw, gen = self.fw, self.gen
+        return self.replay(lambda fw: fw.add_containers(scenario, scenario.containers[len(old_sc.containers):]))
+
+    def replay(self, operation: Any) -> Stats:
+        """Run ``operation(firewall)`` (Docker's operations: run, stop, connect, ...) on the kept
+        model, and send the kernel exactly the rules it added and deleted, in one transaction."""
+        t0 = time.perf_counter()
+        if self.gen is None or self.fw is None:
+            raise NftdockerError("IncrementalApplier: load() a scenario first")
+        fw = self.fw
         logs: dict[str, list] = {"ip": [], "ip6": []}
         fw.ipt[4].log, fw.ipt[6].log = logs["ip"], logs["ip6"]  # type: ignore[attr-defined]
         try:
-            fw.add_containers(scenario, scenario.containers[len(old_sc.containers):])
+            operation(fw)
         except Exception:
             self.fw = None  # half-replayed: the next change starts from scratch
             self.gen = None
             raise
         finally:
             fw.ipt[4].log = fw.ipt[6].log = None  # type: ignore[attr-defined]
-        gen.scenario = scenario
+        gen = self.gen = fw.generated()
         simple = all(op in ("add", "insert", "delete") for ops in logs.values() for op, *_ in ops)
         try:
             with kernel.lock(self.netns), kernel.netns(self.netns):

@@ -72,6 +72,17 @@ def _fetch(docker_host: str | None, timeout: float) -> tuple[dict[str, list[dict
     return {"networks": networks, "containers": containers}, version if isinstance(version, str) else None
 
 
+def inspect_one(docker_host: str | None, kind: str, ident: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
+    """One ``docker inspect`` of a container or network (``kind``) by id: one API call; None if it is gone."""
+    with _client(docker_host, timeout) as (client, url, docker_errors):
+        with _translate(url, timeout, f"inspecting {kind} {ident[:12]}"):
+            try:
+                got = client.inspect_container(ident) if kind == "container" else client.inspect_network(ident)
+            except docker_errors.NotFound:
+                return None
+    return got if isinstance(got, dict) else None
+
+
 def engine_warning(url: str, version: str | None) -> str | None:
     """The one-line warning for an Engine whose firewall is not the one nftdocker writes (not 28.x), else None."""
     if version is not None and re.match(r"28\.", version):

@@ -1,0 +1,149 @@
+"""Docker Engine events as Docker's own operations on the kept model (watch's path per event).
+
+After a full sync, :class:`EventReplay` holds what the daemon looked like (networks by id and
+name, the :class:`generate.Firewall` that replayed it) and turns each Engine event into the
+operation Docker carries out for it, on that model: a container ``start`` is
+:meth:`Firewall.run_container` of the container as one inspect shows it (its addresses and host
+ports as Docker allocated them), ``die`` is :meth:`Firewall.stop`, ``destroy`` forgets it, a network
+``connect``/``disconnect`` of a running container moves its endpoints (and its port mappings when
+the gateway changes), a network ``create``/``destroy`` adds or removes that network's rules. So the
+rules change in Docker's order after any history, and each event costs one or two API calls and a
+replay of that object's Docker calls, whatever the size of the host.
+
+:class:`Unreplayable` says the model cannot follow (an object it does not know, an address it
+holds otherwise): the caller then syncs the whole host again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from .errors import NftdockerError
+from .generate import Firewall
+from .model import Event, Scenario
+
+
+class Unreplayable(Exception):
+    """The kept model cannot follow this event: sync the whole host again (the message says why)."""
+
+
+@dataclass
+class Step:
+    """One Engine event replayed: what it was, and the rules it added and removed."""
+
+    what: str
+    added: int
+    removed: int
+
+
+Inspect = Callable[[str, str], "dict[str, Any] | None"]  # (kind, id) -> inspect object
+
+
+class EventReplay:
+    """The daemon's state as the last sync read it, followed event by event."""
+
+    def __init__(self, scenario: Scenario, dump: dict[str, list[dict[str, Any]]], inspect: Inspect) -> None:
+        self.scenario = scenario
+        self.inspect = inspect
+        self.net_by_id = {str(o.get("Id", "")): str(o.get("Name", "")) for o in dump.get("networks", [])}
+        self.ctr_by_id = {str(o.get("Id", "")): str(o.get("Name", "")).lstrip("/") for o in dump.get("containers", [])}
+
+    def step(self, fw: Firewall, ev: dict[str, Any]) -> str | None:
+        """Carry out ``ev`` on ``fw``; the text for its log line, or None if it changes nothing of the firewall."""
+        typ, action, ident = ev.get("type"), ev.get("action"), str(ev.get("id") or "")
+        attrs = ev.get("attributes") or {}
+        if typ == "container":
+            name = str(attrs.get("name") or self.ctr_by_id.get(ident, ""))
+            if action == "start":
+                if name in fw.running:
+                    return None
+                ctr = self._container(ident)
+                fw.last_addresses = {k: v for k, v in fw.last_addresses.items() if k[0] != ctr.name}  # Docker's addresses are pinned
+                self.ctr_by_id[ident] = ctr.name
+                fw.run_container(ctr)
+                return f"container start {ctr.name}"
+            if action in ("die", "stop"):
+                if name not in fw.running:
+                    return None  # a stop follows its die
+                fw.stop(name)
+                return f"container {action} {name}"
+            if action == "destroy":
+                if name in fw.running:
+                    fw.stop(name)
+                fw.containers.pop(name, None)
+                self.ctr_by_id.pop(ident, None)
+                return None
+            return None
+        if typ == "network":
+            net_name = str(attrs.get("name") or self.net_by_id.get(ident, ""))
+            if action in ("connect", "disconnect"):
+                cid = str(attrs.get("container") or "")
+                name = self.ctr_by_id.get(cid)
+                if name is None or name not in fw.running:
+                    return None  # part of a container's start or stop: its start/die carries it
+                if net_name not in fw.networks:
+                    raise Unreplayable(f"network {net_name!r} is not known")
+                attached = any(n.name == net_name for n, _ in fw.running[name])
+                if action == "connect" and not attached:
+                    now = self._container(cid)
+                    addrs = tuple(a for n, a in now.addresses if n == net_name)
+                    prio = dict(now.gw_priority).get(net_name)
+                    fw.connect(Event("connect", container=name, network=net_name, addresses=addrs, gw_priority=prio))
+                    return f"network connect {net_name} {name}"
+                if action == "disconnect" and attached:
+                    fw.disconnect(Event("disconnect", container=name, network=net_name))
+                    return f"network disconnect {net_name} {name}"
+                return None
+            if action == "create":
+                obj = self.inspect("network", ident)
+                if obj is None or obj.get("Driver", "bridge") != "bridge":
+                    return None
+                net = self._network(obj)
+                if net is None:
+                    return None
+                self.net_by_id[ident] = net.name
+                fw.add_network(net)
+                return f"network create {net.name}"
+            if action == "destroy":
+                self.net_by_id.pop(ident, None)
+                if net_name not in fw.networks:
+                    return None
+                if any(net_name in c.networks for c in fw.containers.values()):
+                    raise Unreplayable(f"network {net_name!r} removed while containers were on it")
+                fw.remove_network(net_name)
+                return f"network destroy {net_name}"
+        return None
+
+    # ------------------------------------------------------------------ one object, as Docker shows it
+
+    def _container(self, ident: str) -> Any:
+        from . import scenario as sc
+
+        obj = self.inspect("container", ident)
+        if obj is None:
+            raise Unreplayable(f"container {ident[:12]} is gone")
+        ctx = sc._Ctx(f"container {ident[:12]}")
+        known = {n.name for n in self.scenario.networks} | set(self.net_by_id.values())
+        by_id = dict(self.net_by_id)
+        try:
+            return sc._container_from_inspect(ctx, "container", obj, known, by_id)
+        except NftdockerError as e:
+            raise Unreplayable(e.message) from None
+
+    def _network(self, obj: dict[str, Any]) -> Any:
+        from . import scenario as sc
+
+        ctx = sc._Ctx(f"network {str(obj.get('Id', ''))[:12]}")
+        try:
+            nets, _ = sc.from_inspect(ctx, {"networks": [obj], "containers": []}, self.scenario.daemon)
+        except NftdockerError as e:
+            raise Unreplayable(e.message) from None
+        user = [n for n in nets if not n.default_bridge]
+        return user[0] if user else None
+
+
+def replay_scenario(scenario: Scenario, fw: Firewall) -> Scenario:
+    """The scenario the kept model now stands for (networks and running containers as they are)."""
+    return replace(scenario, networks=tuple(fw.networks.values()),
+                   containers=tuple(fw.containers[n] for n in fw.running), events=())
