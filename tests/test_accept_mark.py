@@ -1,0 +1,214 @@
+"""``--accept-mark VALUE[/MASK]``: nftdocker beside a drop-policy host firewall.
+
+Without root: the option's validation, the marked rules (which accepts carry the mark, which do
+not), that compat still equals Docker's rules, and the JSON round trip. As root, in namespaces the
+tests create: the kernel listing round trip (a re-apply is a noop), and packets through a Docker
+host of namespaces whose own ``table inet filter`` forward chain has ``policy drop``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import CASES, RULESETS, needs_netns, run_cli
+from nftdocker import accept_mark
+from nftdocker.compat import compat_of, rulesets_from_json
+from nftdocker.errors import UsageError
+from nftdocker.generate import generate
+from nftdocker.ir import Verdict
+from nftdocker.render import render_json_objects, render_nft, rule_text
+from nftdocker.scenario import load
+
+MARK = (0x100, 0xFF00)
+MARK_ARG = "0x100/0xff00"
+HOST_RULE = "meta mark & 0x0000ff00 == 0x00000100 accept"
+
+
+# ---------------------------------------------------------------------- the option
+
+
+@pytest.mark.parametrize("text, want", [
+    ("0x100/0xff00", (0x100, 0xFF00)),
+    ("256/65280", (0x100, 0xFF00)),
+    ("0x1", (1, 0xFFFFFFFF)),
+    ("0X80000000/0x80000000", (0x80000000, 0x80000000)),
+    ("4294967295", (0xFFFFFFFF, 0xFFFFFFFF)),
+])
+def test_parse(text, want):
+    assert accept_mark.parse(text) == want
+
+
+@pytest.mark.parametrize("text, says", [
+    ("0", "VALUE is 0"),
+    ("0x0/0xff", "VALUE is 0"),
+    ("0x1/0", "MASK is 0"),
+    ("0x100/0xff", "bits outside MASK"),
+    ("0x100000000", "more than 32 bits"),
+    ("1/0x1ffffffff", "more than 32 bits"),
+    ("abc", "not a number"),
+    ("-1", "not a number"),
+    (" 1", "not a number"),
+    ("1/", "not a number"),
+    ("1/2/3", "not a number"),
+    ("1_0", "not a number"),
+    ("", "not a number"),
+])
+def test_parse_refuses(text, says):
+    with pytest.raises(UsageError, match=says):
+        accept_mark.parse(text)
+
+
+@pytest.mark.parametrize("cmd", ["render", "apply"])
+@pytest.mark.parametrize("bad", ["0x100/0xff", "0", "x"])
+def test_bad_mark_is_one_line_exit_2(cmd, bad):
+    res = run_cli(cmd, RULESETS / "usernet-portmap" / "scenario.toml", "--accept-mark", bad, "--netns", "nftdt-nonexistent") \
+        if cmd == "apply" else run_cli(cmd, RULESETS / "usernet-portmap" / "scenario.toml", "--accept-mark", bad)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("nftdocker: --accept-mark "), res.stderr
+
+
+def test_watch_refuses_a_bad_mark_before_reaching_the_daemon():
+    res = run_cli("watch", "--docker-host", "unix:///nonexistent/docker.sock", "--accept-mark", "0x100/0xff")
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == "nftdocker: --accept-mark '0x100/0xff': VALUE 0x100 has bits outside MASK 0xff"
+
+
+def test_host_rule():
+    assert accept_mark.host_rule(MARK) == HOST_RULE
+    assert accept_mark.host_rule((5, 0xFFFFFFFF)) == "meta mark 0x00000005 accept"
+
+
+# ---------------------------------------------------------------------- which rules carry the mark
+
+
+def _gen(case: str):
+    return generate(load(str(RULESETS / case / "scenario.toml")))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_every_filter_accept_and_nothing_else_is_marked(case):
+    gen = _gen(case)
+    marked = accept_mark.apply(gen, MARK)
+    assert marked is not gen
+    for fam, rs in gen.rulesets.items():
+        mrs = marked.rulesets[fam]
+        assert list(mrs.chains) == list(rs.chains)
+        for key, c in rs.chains.items():
+            mc = mrs.chains[key]
+            assert mc.policy == c.policy
+            assert mc.prio == (accept_mark.PRIORITY if c.table == "filter" and c.builtin else None)
+            assert [r.matches for r in mc.rules] == [r.matches for r in c.rules]
+            for r, mr in zip(c.rules, mc.rules):
+                is_accept = r.action == Verdict("ACCEPT")
+                if c.table == "filter" and c.name != "DOCKER-USER" and is_accept:
+                    assert mr.action == Verdict("ACCEPT", MARK), (fam, c.name, r)
+                else:
+                    assert mr.action == r.action, (fam, c.name, r)
+    # generation's own state is untouched
+    assert all(r.action.__class__ is not Verdict or r.action.mark is None
+               for rs in gen.rulesets.values() for c in rs.chains.values() for r in c.rules)
+
+
+def test_the_rendered_table():
+    gen = accept_mark.apply(_gen("usernet-portmap-noproxy"), MARK)
+    text = render_nft(gen.rulesets)
+    mark = "meta mark set meta mark & 0xffff01ff | 0x00000100 accept"
+    assert "type filter hook forward priority -1; policy accept;" in text
+    assert f'iifname "bridge1" {mark}' in text
+    assert f'oifname "bridge1" ct state established,related {mark}' in text
+    assert f'ip daddr 192.0.2.2 iifname != "bridge1" oifname "bridge1" tcp dport 80 {mark}' in text
+    accepts = [l for l in text.splitlines() if l.endswith(" accept") or l.strip() == "accept"]
+    assert accepts and all(mark in l for l in accepts)
+    assert "xt " not in text and " drop" in text
+    full = accept_mark.apply(_gen("usernet-portmap-noproxy"), (7, 0xFFFFFFFF))
+    assert 'iifname "bridge1" meta mark set 0x00000007 accept' in render_nft(full.rulesets)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_compat_is_still_dockers(case):
+    gen = _gen(case)
+    marked = accept_mark.apply(gen, MARK)
+    for fam in ("ip", "ip6"):
+        assert compat_of(marked, fam) == compat_of(gen, fam)
+
+
+@pytest.mark.parametrize("mark", [MARK, (1, 0xFFFFFFFF), (0x80000000, 0x80000000), (0x3, 0xF)])
+@pytest.mark.parametrize("case", ["usernet-portmap-noproxy", "usernet-portmap-routed", "ipv6", "usernet-portmap-noicc"])
+def test_json_round_trip(case, mark):
+    marked = accept_mark.apply(_gen(case), mark)
+    back = rulesets_from_json(render_json_objects(marked.rulesets))
+    for fam, rs in marked.rulesets.items():
+        if rs.is_empty():
+            continue
+        for key, c in rs.chains.items():
+            bc = back[fam].chains[key]
+            assert bc.rules == c.rules and [r.action for r in bc.rules] == [r.action for r in c.rules]
+            assert not c.builtin or bc.base == c.base
+            assert [rule_text(r, rs, c.table) for r in bc.rules] == [rule_text(r, rs, c.table) for r in c.rules]
+
+
+def test_known_difference_is_listed():
+    import tomllib
+
+    doc = tomllib.loads((Path(__file__).resolve().parent.parent / "compat" / "known-differences.toml").read_text())
+    ids = {d["id"]: d for d in doc["difference"]}
+    assert "accept-mark" in ids and "--accept-mark" in ids["accept-mark"]["when"]
+
+
+# ---------------------------------------------------------------------- in the kernel
+
+
+def _apply(ns: str, scenario, *extra: str) -> dict:
+    res = run_cli("apply", scenario, "--netns", ns, "--json", *extra)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def _nft(ns: str, *args: str, stdin: str | None = None) -> str:
+    res = subprocess.run(["ip", "netns", "exec", ns, "nft", *args], input=stdin, capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+@needs_netns
+@pytest.mark.netns
+def test_kernel_round_trip(netns):
+    from nftdocker import incremental
+
+    sc = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
+    try:
+        first = _apply(netns, sc, "--accept-mark", MARK_ARG)
+        assert first["accept_mark"] == {"value": 0x100, "mask": 0xFF00, "host_rule": HOST_RULE}
+        listed = _nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-CT")
+        assert "meta mark set meta mark & 0xffff01ff | 0x00000100 accept" in listed
+        assert "priority filter - 1" in _nft(netns, "list", "chain", "ip", "nftdocker", "filter-FORWARD")
+        res = run_cli("compat", "--netns", netns)
+        assert res.returncode == 0 and res.stdout == compat_of(_gen("usernet-portmap-noproxy"), "ip")
+        # someone else's commit: the stored view is stale, the next apply lists the kernel's table
+        _nft(netns, "add", "table", "ip", "somebody")
+        again = _apply(netns, sc, "--accept-mark", MARK_ARG)
+        assert (again["mode"], again["commands"]) == ("noop", 0)
+        # another mark: only the marked rules change, in place
+        other = _apply(netns, sc, "--accept-mark", "0x5")
+        assert other["mode"] == "incremental" and other["commands"] > 0
+        assert "meta mark set 0x00000005 accept" in _nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-CT")
+        _nft(netns, "add", "table", "ip", "somebody2")
+        assert _apply(netns, sc, "--accept-mark", "0x5")["mode"] == "noop"
+        # without the option: Docker's rules, no mark, priority filter
+        plain = _apply(netns, sc)
+        assert plain["mode"] in ("full", "incremental")
+        text = _nft(netns, "list", "table", "ip", "nftdocker")
+        assert "meta mark" not in text and "priority filter;" in text
+        res = run_cli("compat", "--netns", netns)
+        assert res.returncode == 0 and res.stdout == compat_of(_gen("usernet-portmap-noproxy"), "ip")
+    finally:
+        incremental.forget(netns)
