@@ -212,3 +212,131 @@ def test_kernel_round_trip(netns):
         assert res.returncode == 0 and res.stdout == compat_of(_gen("usernet-portmap-noproxy"), "ip")
     finally:
         incremental.forget(netns)
+
+
+# ---------------------------------------------------------------------- packets, beside a drop-policy host firewall
+
+SCENARIO = """\
+# dockerd --userland-proxy=false
+# docker network create --ipv6 --subnet 192.0.2.0/24 --subnet 2001:db8:1::/64 -o ...bridge.name=bridge1 bridge1
+# docker network create --subnet 198.51.100.0/24 -o ...bridge.name=bridge2 bridge2
+# docker run --network bridge1 -p 8080:80 --name c1 busybox
+# docker run --network bridge2 --name c2 busybox
+[daemon]
+userland-proxy = false
+
+[[networks]]
+name = "bridge1"
+subnets = ["192.0.2.0/24", "2001:db8:1::/64"]
+ipv6 = true
+options = { "com.docker.network.bridge.name" = "bridge1" }
+
+[[networks]]
+name = "bridge2"
+subnets = ["198.51.100.0/24"]
+options = { "com.docker.network.bridge.name" = "bridge2" }
+
+[[containers]]
+name = "c1"
+networks = ["bridge1"]
+publish = ["8080:80"]
+
+[[containers]]
+name = "c2"
+networks = ["bridge2"]
+"""
+
+#: the host's own firewall, as Debian's /etc/nftables.conf writes it, with `policy drop` on forward
+#: and the one rule the recipe adds (without its `flush ruleset`: that would remove nftdocker's table too)
+HOST_FIREWALL = f"""\
+table inet filter {{
+	chain input {{
+		type filter hook input priority filter;
+	}}
+	chain forward {{
+		type filter hook forward priority filter; policy drop;
+		{HOST_RULE}
+	}}
+	chain output {{
+		type filter hook output priority filter;
+	}}
+}}
+"""
+
+
+def _load_host_firewall(ns: str) -> None:
+    """(Re)create the host's table: created after nftdocker's, its forward chain would run first at an equal priority."""
+    if "table inet filter" in _nft(ns, "list", "tables"):
+        _nft(ns, "delete", "table", "inet", "filter")
+    _nft(ns, "-f", "-", stdin=HOST_FIREWALL)
+
+
+@pytest.fixture
+def packets_ok():
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the test builds network namespaces")
+    missing = [t for t in ("ip", "nft", "iptables-legacy-restore", "ip6tables-legacy-restore") if not shutil.which(t)]
+    if missing:
+        pytest.skip(f"needs {', '.join(missing)}")
+    pytest.importorskip("pyroute2")
+    pytest.importorskip("nftables")
+
+
+@pytest.mark.netns
+def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
+    from nftdocker import incremental
+    from nftdocker import verify as vf
+
+    path = tmp_path / "scenario.toml"
+    path.write_text(SCENARIO)
+    gen = generate(load(str(path)))
+    t4, t6, _ = vf.legacy_texts(gen, "nftdocker")
+    with vf.Session(gen) as s:
+        host = s.ns("nft", "host")
+        try:
+            s.load_legacy(t4, t6)  # Docker's own rules, and no host firewall: the behaviour to match
+            probes = {pr.id: pr for pr in s.plan.probes}
+            kinds = {k for pr in probes.values() for k in [pr.kind]}
+            assert {"published", "direct", "isolation", "egress"} <= kinds
+
+            def by_kind(res: dict, kind: str, src: str | None = None) -> list:
+                return [(probes[i], o) for i, o in sorted(res.items()) if probes[i].kind == kind and src in (None, probes[i].src)]
+
+            # Without --accept-mark the host firewall drops what nftdocker accepts.
+            _apply(host, path)
+            _load_host_firewall(host)
+            without = s.probe(["nft"])["nft"]
+            published = by_kind(without, "published", "outside")
+            assert len(published) == 2  # IPv4 and IPv6
+            assert all(o.result != "open" for _, o in published), published
+            assert all(o.result != "open" for _, o in by_kind(without, "egress"))
+
+            # With it: one host rule lets Docker's traffic through, whichever table was created last.
+            out = _apply(host, path, "--accept-mark", MARK_ARG)
+            assert out["accept_mark"]["host_rule"] == HOST_RULE
+            for order in ("nftdocker created after the host's table", "host's table created after nftdocker"):
+                if order.startswith("host"):
+                    _load_host_firewall(host)
+                res = s.probe()
+                legacy, nft = res["legacy"], res["nft"]
+                differ = [(probes[i].describe(), legacy[i].key(), nft[i].key()) for i in legacy if legacy[i].key() != nft[i].key()]
+                assert not differ, (order, differ)
+                # and what that behaviour is:
+                assert [o.result for _, o in by_kind(nft, "published", "outside")] == ["open", "open"], order
+                assert all(o.served == "c1:80" for _, o in by_kind(nft, "published", "outside"))
+                direct = by_kind(nft, "direct")
+                unpublished = [(p, o) for p, o in direct if p.port == s.plan.unpublished]
+                assert unpublished and all(o.result != "open" for _, o in unpublished), order
+                iso = by_kind(nft, "isolation")
+                assert iso and all(o.result != "open" for _, o in iso), order
+                egress = by_kind(nft, "egress")
+                assert egress and all(o.result == "open" for _, o in egress), order
+                uplink = {str(s.plan.uplink4[0].ip), str(s.plan.uplink6[0].ip)}
+                assert all(o.seen in uplink for _, o in egress), [(p.describe(), o.seen) for p, o in egress]
+            fwd = _nft(host, "list", "chain", "inet", "filter", "forward").splitlines()
+            assert "policy drop;" in fwd[2] and [l.strip() for l in fwd[3:-2]] == [HOST_RULE]  # still drop, one rule
+        finally:
+            incremental.forget(host)
