@@ -340,3 +340,35 @@ def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
             assert "policy drop;" in fwd[2] and [l.strip() for l in fwd[3:-2]] == [HOST_RULE]  # still drop, one rule
         finally:
             incremental.forget(host)
+
+
+@needs_netns
+@pytest.mark.netns
+def test_watch_marks_what_it_loads(netns, tmp_path):
+    """watch --accept-mark: the full sync and each change carry the mark; the change is computed on the
+    kernel's listing, so an unchanged host is a noop."""
+    pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
+    from conftest import SHARED_REFERENCE
+    from fake_engine import FakeEngine
+    from nftdocker import incremental
+    from nftdocker.watch import Watcher
+
+    dump = json.loads((SHARED_REFERENCE / "multi" / "docker-inspect.json").read_text())
+    with FakeEngine(tmp_path / "d.sock", dump, version="28.0.1") as engine:
+        w = Watcher(engine.host, netns, log=lambda line: None, accept_mark=MARK, heal=False)
+        try:
+            w.sync("start")
+            text = _nft(netns, "list", "table", "ip", "nftdocker")
+            assert "meta mark set meta mark & 0xffff01ff | 0x00000100 accept" in text
+            assert "priority filter - 1" in text
+            res = run_cli("compat", "--netns", netns)
+            assert res.returncode == 0
+            assert res.stdout == run_cli("compat", "--docker-host", engine.host).stdout
+            _nft(netns, "add", "table", "ip", "somebody")  # the applier reads the table again
+            stats = w.applier.apply(w._generate(), w.current)
+            assert (stats.mode, stats.commands) == ("noop", 0)
+        finally:
+            close = getattr(w.applier, "close", None)
+            if callable(close):
+                close()
+            incremental.forget(netns)
