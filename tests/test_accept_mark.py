@@ -367,6 +367,19 @@ def test_watch_marks_what_it_loads(netns, tmp_path):
             _nft(netns, "add", "table", "ip", "somebody")  # the applier reads the table again
             stats = w.applier.apply(w._generate(), w.current)
             assert (stats.mode, stats.commands) == ("noop", 0)
+            # self-healing puts the marked rules back, and then finds nothing to do
+            from nftdocker.heal import restore
+
+            ct = json.loads(_nft(netns, "-j", "-a", "list", "chain", "ip", "nftdocker", "filter-DOCKER-CT"))
+            handle = next(o["rule"]["handle"] for o in ct["nftables"] if "rule" in o)
+            _nft(netns, "delete", "rule", "ip", "nftdocker", "filter-DOCKER-CT", "handle", str(handle))
+            done = restore(w.current, netns, "nftdocker", w.applier, {})
+            assert done is not None and (done.added, done.removed) == (1, 0)
+            assert _nft(netns, "list", "table", "ip", "nftdocker") == text
+            assert restore(w.current, netns, "nftdocker", w.applier, {}) is None
+            _nft(netns, "flush", "ruleset")
+            assert restore(w.current, netns, "nftdocker", w.applier, {}) is not None
+            assert _nft(netns, "list", "table", "ip", "nftdocker") == text
         finally:
             close = getattr(w.applier, "close", None)
             if callable(close):
