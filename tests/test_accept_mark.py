@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import textwrap
-import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -69,8 +65,8 @@ def test_parse_refuses(text, says):
 @pytest.mark.parametrize("cmd", ["render", "apply"])
 @pytest.mark.parametrize("bad", ["0x100/0xff", "0", "x"])
 def test_bad_mark_is_one_line_exit_2(cmd, bad):
-    res = run_cli(cmd, RULESETS / "usernet-portmap" / "scenario.toml", "--accept-mark", bad, "--netns", "nftdt-nonexistent") \
-        if cmd == "apply" else run_cli(cmd, RULESETS / "usernet-portmap" / "scenario.toml", "--accept-mark", bad)
+    where = ["--netns", "nftdt-nonexistent"] if cmd == "apply" else []  # refused before any namespace is entered
+    res = run_cli(cmd, RULESETS / "usernet-portmap" / "scenario.toml", "--accept-mark", bad, *where)
     assert res.returncode == 2
     assert res.stdout == ""
     assert len(res.stderr.splitlines()) == 1 and res.stderr.startswith("nftdocker: --accept-mark "), res.stderr
