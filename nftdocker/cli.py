@@ -103,6 +103,20 @@ def add_live_args(p: argparse.ArgumentParser, title: str, docker_host_help: str)
                    help="[host] ipv6-forwarding: net.ipv6.conf.all.forwarding was 1 (default false)")
 
 
+def add_accept_mark_arg(p: argparse.ArgumentParser) -> None:
+    """``--accept-mark VALUE[/MASK]`` (see :mod:`accept_mark`); :func:`accept_mark_of` reads it."""
+    p.add_argument("--accept-mark", metavar="VALUE[/MASK]",
+                   help="set this packet mark (only MASK's bits) on the container traffic the filter rules accept, "
+                        "so that a drop-policy host firewall can accept it with one rule: meta mark & MASK == VALUE accept")
+
+
+def accept_mark_of(args: argparse.Namespace) -> tuple[int, int] | None:
+    """``--accept-mark`` as (VALUE, MASK), or None; a bad one is a UsageError (one line, exit 2)."""
+    from .accept_mark import parse
+
+    return None if args.accept_mark is None else parse(args.accept_mark)
+
+
 def add_scenario_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", nargs="?", metavar="SCENARIO", help="scenario file (TOML); or --docker-host")
     p.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
@@ -137,12 +151,14 @@ def load_scenario(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from .accept_mark import apply as accept_marks
     from .generate import generate
     from .kernel import check_table_name
     from .render import render_json, render_nft
 
     check_table_name(args.table)
-    gen = generate(load_scenario(args))
+    mark = accept_mark_of(args)
+    gen = accept_marks(generate(load_scenario(args)), mark)
     rss = gen.rulesets
     if args.format == "json":
         _write(args, render_json(rss, args.table))
@@ -195,8 +211,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     from . import incremental
 
+    mark = accept_mark_of(args)
     res = incremental.apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
-                                     sysctls=args.sysctls)
+                                     sysctls=args.sysctls, accept_mark=mark)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
@@ -211,6 +228,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
     }
     if res.sysctls is not None:
         report["sysctls"] = res.sysctls
+    if mark is not None:
+        from .accept_mark import host_rule
+
+        report["accept_mark"] = {"value": mark[0], "mask": mark[1], "host_rule": host_rule(mark)}
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -227,6 +248,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(f"removed: table {fam} {args.table} (Docker writes no rules for it)")
     for line in report.get("sysctls", []):
         print(f"sysctl: {line}")
+    if mark is not None:
+        print(f"accepted container traffic is marked; the host firewall's forward chain needs: {report['accept_mark']['host_rule']}")
     return 0
 
 
@@ -267,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_scenario_args(r)
     r.add_argument("--format", choices=("nft", "json"), default="nft")
     r.add_argument("--explain", action="store_true", help="add each rule's origin (the moby function) as an nft comment")
+    add_accept_mark_arg(r)
     r.add_argument("-o", "--output", metavar="FILE")
     r.set_defaults(func=cmd_render)
 
@@ -292,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--check", action="store_true", help="have the kernel validate the transaction; change nothing")
     a.add_argument("--replace", action="store_true", help="replace the whole table even when it is loaded (default: send only the difference)")
     a.add_argument("--sysctls", action="store_true", help="also set what Docker sets beside its rules (forwarding, route_localnet, bridge-nf-call, hairpin)")
+    add_accept_mark_arg(a)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_apply)
 

@@ -31,7 +31,7 @@ from .ir import (
     Snat,
     Verdict,
 )
-from .render import DEFAULT_TABLE, nft_ifname, render_json_objects
+from .render import DEFAULT_TABLE, MARK_BITS, nft_ifname, render_json_objects
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 _PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
@@ -79,13 +79,18 @@ def parse_expr(exprs: list[dict[str, Any]], table_name: str, where: str) -> tupl
     matches: list[Match] = []
     action: Action | None = None
     l4: str | None = None
+    mark: tuple[int, int] | None = None
     for e in exprs:
         if not isinstance(e, dict) or len(e) != 1:
             raise _fail(where, f"unsupported expression {e!r}")
         (kind, body), = e.items()
         if action is not None and kind != "counter":
             raise _fail(where, f"expression after the verdict: {kind}")
-        if kind == "match":
+        if mark is not None and kind != "accept":
+            raise _fail(where, f"a packet mark set before {kind!r}: nftdocker sets one only right before an accept")
+        if kind == "mangle":
+            mark = _mark_set(body, where)
+        elif kind == "match":
             m = _parse_match(body, where)
             if m is None:
                 continue
@@ -95,7 +100,7 @@ def parse_expr(exprs: list[dict[str, Any]], table_name: str, where: str) -> tupl
         elif kind in ("counter", "comment"):
             continue
         elif kind in ("accept", "drop", "return"):
-            action = Verdict(kind.upper())  # type: ignore[arg-type]
+            action = Verdict(kind.upper(), mark)  # type: ignore[arg-type]
         elif kind in ("jump", "goto"):
             if kind == "goto":
                 raise _fail(where, "goto has no iptables equivalent nftdocker writes")
@@ -127,6 +132,27 @@ def parse_expr(exprs: list[dict[str, Any]], table_name: str, where: str) -> tupl
     if any(isinstance(m, Port) for m in matches):
         matches = [m for m in matches if not isinstance(m, L4Proto)]
     return matches, action
+
+
+def _mark_set(body: Any, where: str) -> tuple[int, int]:
+    """``meta mark set`` as nft lists what :func:`render.mark_set_text` wrote: ``(VALUE, MASK)``.
+
+    nft lists ``mark and ~MASK or VALUE`` as ``mark & (~MASK | VALUE) | VALUE`` and a full mask as
+    ``VALUE``; VALUE lies within MASK, so MASK is ``~AND | VALUE``."""
+    mark = {"meta": {"key": "mark"}}
+    value = body.get("value") if isinstance(body, dict) else None
+    if not isinstance(body, dict) or body.get("key") != mark:
+        raise _fail(where, f"unsupported mangle statement {body!r}")
+    if isinstance(value, int) and 0 < value <= MARK_BITS:
+        return value, MARK_BITS
+    try:
+        (and_expr, v), = [value["|"]]
+        (left, keep), = [and_expr["&"]]
+    except (TypeError, KeyError, ValueError):
+        raise _fail(where, f"unsupported meta mark value {value!r}") from None
+    if left != mark or not all(isinstance(x, int) and 0 <= x <= MARK_BITS for x in (v, keep)) or not v or keep & v != v:
+        raise _fail(where, f"unsupported meta mark value {value!r}")
+    return v, (~keep & MARK_BITS) | v
 
 
 def _parse_match(body: dict[str, Any], where: str) -> Match | None:
@@ -203,6 +229,8 @@ def rulesets_from_json(objs: Iterable[dict[str, Any]], table: str = DEFAULT_TABL
                 if "hook" not in body:
                     raise CompatError(f"table {fam} {table}: chain {name!r} must be a base chain")
                 c.policy = "DROP" if body.get("policy") == "drop" else "ACCEPT"
+                if isinstance(body.get("prio"), int) and body["prio"] != c.base[2]:
+                    c.prio = body["prio"]
             rs.chains[(ipt_table, chain)] = c
         elif kind == "rule":
             name = body["chain"]
@@ -260,7 +288,7 @@ def match_args(m: Match) -> str:
 def action_args(a: Action) -> str:
     match a:
         case Verdict(kind=k):
-            return f"-j {k}"
+            return f"-j {k}"  # an accept's packet mark (--accept-mark) is left out: Docker sets none
         case Jump(chain=c):
             return f"-j {c}"
         case Dnat(addr=addr, port=port):

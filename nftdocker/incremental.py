@@ -56,10 +56,11 @@ from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from . import kernel, resume
+from .accept_mark import apply as accept_marks
 from .compat import parse_expr
 from .errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
 from .generate import Firewall, Generated, Iptables
-from .ir import BASE_CHAINS, BUILTIN_CHAINS, Chain, Rule, Ruleset
+from .ir import BUILTIN_CHAINS, Chain, Rule, Ruleset
 from .model import Container, Scenario
 from .render import DEFAULT_TABLE, chain_header, nft_chains, rule_text
 
@@ -477,7 +478,8 @@ class KTable:
         return t
 
 
-_FOREIGN_STMTS = ("counter", "comment", "log", "limit", "meta", "mangle", "quota", "xt", "notrack", "queue")
+# (a ``mangle`` is parsed: nftdocker's own accepts set the packet mark with --accept-mark)
+_FOREIGN_STMTS = ("counter", "comment", "log", "limit", "meta", "quota", "xt", "notrack", "queue")
 
 
 def _key_of(body: dict[str, Any], family: str, stub: Ruleset) -> str:
@@ -556,7 +558,7 @@ def wanted(rs: Ruleset) -> dict[str, WChain]:
     for c in nft_chains(rs):
         base = policy = None
         if c.builtin:
-            base = BASE_CHAINS[(c.table, c.name)]
+            base = c.base
             policy = "drop" if c.policy == "DROP" else "accept"
         out[c.nft_name] = WChain(c.nft_name, c, chain_header(c), base, policy, [rule_text(r, rs, c.table) for r in c.rules])
     return out
@@ -1192,11 +1194,13 @@ def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TA
 
 
 def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-                   replace: bool = False, sysctls: bool = False) -> Result:
+                   replace: bool = False, sysctls: bool = False, accept_mark: tuple[int, int] | None = None) -> Result:
     """Generate ``sc`` and :func:`apply` it; when it only appends containers to the host the last
     apply here loaded, replay just those on the stored checkpoint instead of generating the host.
 
-    ``sysctls``: also set what Docker sets beside its rules (not with ``check``).
+    ``sysctls``: also set what Docker sets beside its rules (not with ``check``). ``accept_mark``:
+    (VALUE, MASK) of :mod:`accept_mark`; the host is then always generated whole (the checkpoint's
+    replay knows Docker's rules, not the marked ones) and no checkpoint is stored.
     """
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
@@ -1206,6 +1210,8 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
         extras: Any = None
         if not replace and not check:
             st = _stored_state(table)
+            if st is not None and accept_mark is not None:
+                st = (st[0], st[1], None)
             if st is None:
                 known = kernel_views(nft, table, use_state=False)
             else:
@@ -1217,8 +1223,9 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
                         res, extras = got
         if res is None:
             fw = Firewall(sc)
-            gen = fw.run()
-            res = _apply_in(nft, gen, table, check, replace, None, checkpoint=resume.checkpoint(fw), known=known)
+            gen = accept_marks(fw.run(), accept_mark)
+            res = _apply_in(nft, gen, table, check, replace, None, known=known,
+                            checkpoint=resume.checkpoint(fw) if accept_mark is None else None)
             extras = gen
     if sysctls and not check:
         res.sysctls = kernel.apply_sysctls(extras, netns_name)

@@ -141,9 +141,14 @@ Match = Union[Addr, Iface, L4Proto, Port, AddrTypeLocal, CtState]
 
 
 class Verdict(NamedTuple):
-    """``-j ACCEPT|DROP|RETURN``."""
+    """``-j ACCEPT|DROP|RETURN``.
+
+    ``mark`` (ACCEPT only): ``(VALUE, MASK)``, the packet mark set before the accept
+    (``meta mark set mark and ~MASK or VALUE``, see :mod:`accept_mark`). It exists only in nft: the
+    iptables form of the rule is ``-j ACCEPT``, as Docker's."""
 
     kind: Literal["ACCEPT", "DROP", "RETURN"]
+    mark: tuple[int, int] | None = None
     tag: str = "verdict"
 
 
@@ -270,10 +275,18 @@ class Chain:
     name: str
     rules: list[Rule] = field(default_factory=list)
     policy: Literal["ACCEPT", "DROP"] | None = None
+    #: a built-in's nft priority when it is not BASE_CHAINS' (see :mod:`accept_mark`)
+    prio: int | None = None
 
     @property
     def builtin(self) -> bool:
         return self.name in BUILTIN_CHAINS[self.table]
+
+    @property
+    def base(self) -> tuple[str, str, int]:
+        """A built-in's nft base chain settings: type, hook, priority."""
+        typ, hook, prio = BASE_CHAINS[(self.table, self.name)]
+        return (typ, hook, prio if self.prio is None else self.prio)
 
     @property
     def nft_name(self) -> str:

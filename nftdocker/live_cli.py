@@ -41,6 +41,9 @@ def register(sub: Any) -> None:
     w.add_argument("--sysctls", action="store_true",
                    help="after each change also set what Docker sets beside its rules (ip_forward, route_localnet, "
                         "bridge-nf-call, hairpin on bridge ports), as apply --sysctls does")
+    from .cli import add_accept_mark_arg
+
+    add_accept_mark_arg(w)
     w.add_argument("--json", action="store_true", help="log JSON objects, one a line")
     w.set_defaults(func=cmd_watch)
 
@@ -54,10 +57,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from .cli import accept_mark_of
     from .watch import Watcher
 
+    mark = accept_mark_of(args)
     w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
-                args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls)
+                args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls,
+                accept_mark=mark)
 
     def on_signal(signum: int, frame: Any) -> None:
         w.stop()

@@ -16,7 +16,6 @@ from typing import Any, assert_never
 
 from .errors import GenerationError
 from .ir import (
-    BASE_CHAINS,
     Addr,
     AddrTypeLocal,
     Chain,
@@ -114,8 +113,10 @@ def _match_text(m: Match, family: str) -> str:
 
 def action_text(a: Action, table: str) -> str:
     match a:
-        case Verdict(kind=k):
+        case Verdict(kind=k, mark=None):
             return k.lower()
+        case Verdict(kind=k, mark=(value, mask)):
+            return f"{mark_set_text(value, mask)} {k.lower()}"
         case Jump(chain=c):
             return f"jump {table}-{c}"
         case Dnat(addr=addr, port=port):
@@ -136,10 +137,30 @@ def rule_text(r: Rule, rs: Ruleset, table: str) -> str:
     return " ".join(parts)
 
 
+MARK_BITS = 0xFFFFFFFF
+
+
+def mark_set_text(value: int, mask: int) -> str:
+    """``meta mark set`` that clears the bits of ``mask`` and sets ``value`` (within ``mask``), as
+    nft lists it back: the and-operand keeps the value's bits (``& (~mask | value) | value``), and a
+    full mask is a plain assignment."""
+    if mask == MARK_BITS:
+        return f"meta mark set 0x{value:08x}"
+    return f"meta mark set meta mark & 0x{(~mask & MARK_BITS) | value:08x} | 0x{value:08x}"
+
+
+def mark_set_json(value: int, mask: int) -> dict[str, Any]:
+    """:func:`mark_set_text` as a libnftables JSON statement (the form ``nft -j list`` gives)."""
+    mark = {"meta": {"key": "mark"}}
+    if mask == MARK_BITS:
+        return {"mangle": {"key": mark, "value": value}}
+    return {"mangle": {"key": mark, "value": {"|": [{"&": [mark, (~mask & MARK_BITS) | value]}, value]}}}
+
+
 def chain_header(c: Chain) -> str | None:
     if not c.builtin:
         return None
-    typ, hook, prio = BASE_CHAINS[(c.table, c.name)]
+    typ, hook, prio = c.base
     policy = "drop" if c.policy == "DROP" else "accept"
     name = PRIO_NAMES.get(prio, str(prio))
     if (name == "dstnat" and hook != "prerouting") or (name == "srcnat" and hook != "postrouting"):
@@ -225,7 +246,11 @@ def action_json(a: Action, table: str) -> dict[str, Any]:
 
 
 def rule_expr(r: Rule, rs: Ruleset, table: str) -> list[dict[str, Any]]:
-    return [match_json(m, rs) for m in r.matches] + [action_json(r.action, table)]
+    out = [match_json(m, rs) for m in r.matches]
+    if isinstance(r.action, Verdict) and r.action.mark is not None:
+        out.append(mark_set_json(*r.action.mark))
+    out.append(action_json(r.action, table))
+    return out
 
 
 def render_json_objects(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
@@ -240,7 +265,7 @@ def render_json_objects(rulesets: dict[str, Ruleset] | list[Ruleset], table: str
         for c in chains:
             ch: dict[str, Any] = {"family": rs.family, "table": table, "name": c.nft_name}
             if c.builtin:
-                typ, hook, prio = BASE_CHAINS[(c.table, c.name)]
+                typ, hook, prio = c.base
                 ch.update({"type": typ, "hook": hook, "prio": prio, "policy": "drop" if c.policy == "DROP" else "accept"})
             objs.append({"chain": ch})
         for c in chains:

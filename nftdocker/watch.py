@@ -141,9 +141,12 @@ class Watcher:
         sysctls: bool = False,
         warn: Callable[[str], None] | None = None,
         heal: bool = True,
+        accept_mark: tuple[int, int] | None = None,
     ) -> None:
         from .kernel import check_table_name
 
+        #: (VALUE, MASK) set on the accepted container traffic (:mod:`accept_mark`), or None
+        self.accept_mark = accept_mark
         self.docker_host = docker_host
         self.netns = netns
         self.table = check_table_name(table)
@@ -267,12 +270,14 @@ class Watcher:
     # ------------------------------------------------------------------ internals
 
     def _generate(self) -> Any:
+        from .accept_mark import apply as accept_marks
         from .generate import generate
         from .live import scenario_from_live
 
         warnings: list[str] = []
-        gen = generate(scenario_from_live(self.docker_host, self.daemon_config,
-                                          self.ipv4_forwarding, self.ipv6_forwarding, warnings=warnings))
+        gen = accept_marks(generate(scenario_from_live(self.docker_host, self.daemon_config,
+                                                       self.ipv4_forwarding, self.ipv6_forwarding, warnings=warnings)),
+                           self.accept_mark)
         if warnings != self._warned:  # once per daemon, not per event; again if a restart changed it
             for line in warnings:
                 self._warn(f"nftdocker: warning: {line}")
