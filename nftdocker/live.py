@@ -161,6 +161,7 @@ def scenario_from_live(
     *,
     timeout: float = DEFAULT_TIMEOUT,
     warnings: list[str] | None = None,
+    dump_out: dict[str, Any] | None = None,
 ) -> Any:
     """The Scenario of a running daemon: networks and containers from ``fetch_inspect``, ``[daemon]``
     from its daemon.json (``daemon_config``, else /etc/docker/daemon.json if it exists; only the keys
@@ -195,6 +196,8 @@ def scenario_from_live(
     if host:
         doc["host"] = host
     dump, version = _fetch(docker_host, timeout)
+    if dump_out is not None:  # the inspect objects themselves (watch keeps their ids)
+        dump_out.update(dump)
     url, _ = _base_url(docker_host)
     warning = engine_warning(url, version)
     if warning and warnings is not None:

@@ -166,6 +166,7 @@ class Watcher:
         self._kernel_watch: Any = None  # heal.KernelWatch while run() runs
         self._kept: dict[str, Any] = {}  # family -> heal.UserState, as last read
         self.heals = 0
+        self._replay: Any = None  # replay.EventReplay while events are replayed on the applier's model
         self.current: Any = None  # the Generated loaded now
         self._signature: Any = None  # _signature(self.current), once known
         self.changes: list[Change] = []
@@ -235,14 +236,26 @@ class Watcher:
         self.emit("stop", "stopped; the table is left in place")
 
     def sync(self, reason: str) -> Change:
-        """Read the daemon and load the whole table (always a full replacement)."""
+        """Read the daemon and load the whole table (always a full replacement); keep the model
+        that later events are replayed on (:mod:`replay`)."""
         from . import kernel
 
         t0 = time.monotonic()
         self._since = time.time()
-        gen = self._generate()
+        dump: dict[str, Any] = {}
+        sc = self._scenario(dump)
         old = self.current.rulesets if self.current is not None else self._loaded_rulesets()
-        kernel.apply(gen, self.netns, self.table)
+        self._replay = None
+        if self._replays():
+            from .live import inspect_one
+            from .replay import EventReplay
+
+            self.applier.load(sc, replace=True)  # type: ignore[attr-defined]
+            gen = self.applier.gen  # type: ignore[attr-defined]
+            self._replay = EventReplay(sc, dump, lambda kind, ident: inspect_one(self.docker_host, kind, ident))
+        else:
+            gen = self._marked(sc)
+            kernel.apply(gen, self.netns, self.table)
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
         self.current, self._signature = gen, None
@@ -269,22 +282,36 @@ class Watcher:
 
     # ------------------------------------------------------------------ internals
 
+    def _replays(self) -> bool:
+        """Are events replayed on a kept model? (With the default applier and no accept mark: the
+        replay knows Docker's rules, not marked copies of them.)"""
+        from .incremental import IncrementalApplier
+
+        return isinstance(self.applier, IncrementalApplier) and self.accept_mark is None
+
     def _generate(self) -> Any:
+        return self._marked(self._scenario())
+
+    def _marked(self, sc: Any) -> Any:
         from .accept_mark import apply as accept_marks
         from .generate import generate
+
+        return accept_marks(generate(sc), self.accept_mark)
+
+    def _scenario(self, dump: dict[str, Any] | None = None) -> Any:
+        """The daemon as a Scenario (every network and container read: O(host))."""
         from .live import scenario_from_live
 
         warnings: list[str] = []
-        gen = accept_marks(generate(scenario_from_live(self.docker_host, self.daemon_config,
-                                                       self.ipv4_forwarding, self.ipv6_forwarding, warnings=warnings)),
-                           self.accept_mark)
+        sc = scenario_from_live(self.docker_host, self.daemon_config, self.ipv4_forwarding, self.ipv6_forwarding,
+                                warnings=warnings, dump_out=dump)
         if warnings != self._warned:  # once per daemon, not per event; again if a restart changed it
             for line in warnings:
                 self._warn(f"nftdocker: warning: {line}")
                 if self.json_logs:
                     self.emit("warning", f"warning: {line}", warning=line)
             self._warned = warnings
-        return gen
+        return sc
 
     def _set_sysctls(self, gen: Any) -> None:
         if not self.sysctls:
@@ -392,6 +419,8 @@ class Watcher:
         return None
 
     def _apply_batch(self, batch: list[dict[str, Any]], first: float) -> Change:
+        if self._replay is not None and getattr(self.applier, "fw", None) is not None:
+            return self._replay_batch(batch, first)
         gen = self._generate()
         old = self.current
         sig = _signature(gen)
@@ -413,6 +442,42 @@ class Watcher:
                           for e in batch],
                   added=added, removed=removed, ms=round(ms, 1),
                   **({"apply_mode": stats.mode, "commands": stats.commands} if hasattr(stats, "mode") else {}))
+        return ch
+
+    def _replay_batch(self, batch: list[dict[str, Any]], first: float) -> Change:
+        """The events as Docker's operations on the kept model, sent in one transaction: one or
+        two API calls an event, the rules of the objects they name; a log line per event."""
+        from .errors import GenerationError
+        from .replay import Unreplayable
+
+        steps: list[tuple[str, int, int, dict[str, Any]]] = []
+
+        def operation(fw: Any) -> None:
+            logs = (fw.ipt[4].log, fw.ipt[6].log)
+            for ev in batch:
+                before = [len(l) for l in logs]
+                what = self._replay.step(fw, ev)  # type: ignore[union-attr]
+                ops = [op for l, n in zip(logs, before) for op, *_ in l[n:]]
+                if what is not None or ops:
+                    steps.append((what or _describe([ev]), sum(o in ("add", "insert") for o in ops), ops.count("delete"), ev))
+
+        try:
+            stats = self.applier.replay(operation)  # type: ignore[attr-defined]
+        except (Unreplayable, GenerationError) as e:
+            reason = e.message if isinstance(e, GenerationError) else str(e)
+            return self.sync(f"re-sync, the kept model cannot follow {_describe(batch)}: {reason}")
+        gen = self.applier.gen  # type: ignore[attr-defined]
+        ms = (time.monotonic() - first) * 1000
+        self.current, self._signature = gen, None
+        added, removed = sum(s[1] for s in steps), sum(s[2] for s in steps)
+        if steps:
+            self._set_sysctls(gen)
+        ch = Change(_describe(batch), added, removed, ms, bool(steps), list(batch), stats.mode, stats.commands)
+        self.changes.append(ch)
+        for what, a, r, ev in steps:
+            self.emit("change", f"{what}: +{a} -{r} rules ({ms:.0f} ms)",
+                      events=[{k: ev.get(k) for k in ("type", "action", "id")} | {"name": (ev.get("attributes") or {}).get("name")}],
+                      added=a, removed=r, ms=round(ms, 1), apply_mode=stats.mode, commands=stats.commands)
         return ch
 
     # ------------------------------------------------------------------ self-healing
