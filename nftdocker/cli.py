@@ -193,10 +193,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from . import incremental
+    from . import incremental, user_rules
 
+    rules = user_rules.load(args.user_rules) if args.user_rules else None
     res = incremental.apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
-                                     sysctls=args.sysctls)
+                                     sysctls=args.sysctls, user_rules=rules)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--check", action="store_true", help="have the kernel validate the transaction; change nothing")
     a.add_argument("--replace", action="store_true", help="replace the whole table even when it is loaded (default: send only the difference)")
     a.add_argument("--sysctls", action="store_true", help="also set what Docker sets beside its rules (forwarding, route_localnet, bridge-nf-call, hairpin)")
+    a.add_argument("--user-rules", metavar="FILE", help="nft rule statements for filter-DOCKER-USER, one a line (README: Your own rules, from a file)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_apply)
 

@@ -257,8 +257,10 @@ class Transaction:
         self.origins.update({base + k: v for k, v in part.origins.items()})
 
 
-def full_transaction(rs: Ruleset, table: str, exists: bool) -> Transaction:
-    """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order)."""
+def full_transaction(rs: Ruleset, table: str, exists: bool, user: list[tuple[str, str]] | None = None) -> Transaction:
+    """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order).
+
+    ``user``: (rule text, origin) of the ``--user-rules`` file's rules, put first in ``filter-DOCKER-USER``."""
     tx = Transaction()
     fam = rs.family
     if exists:
@@ -270,6 +272,9 @@ def full_transaction(rs: Ruleset, table: str, exists: bool) -> Transaction:
         hdr = chain_header(c)
         tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
     for c in chains:
+        if c.nft_name == USER_CHAIN:
+            for text, origin in user or ():
+                tx.add(f"add rule {fam} {table} {USER_CHAIN} {text}", origin)
         for r in c.rules:
             tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
     return tx
@@ -321,15 +326,17 @@ class ApplyResult:
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-          extra: dict[str, Transaction] | None = None) -> ApplyResult:
+          extra: dict[str, Transaction] | None = None, user_rules: Any = None) -> ApplyResult:
     """Replace the generated tables in one transaction (``check``: the kernel validates, nothing changes).
+    ``user_rules``: a :class:`user_rules.UserRules`, loaded first in ``filter-DOCKER-USER``.
 
     ``incremental.apply`` with ``replace``, leaving no stored view (the callers, ``watch``'s full
     syncs and ``verify``, do not come back through ``incremental.apply``).
     """
     from .incremental import apply as apply_incremental  # incremental builds on this module
 
-    res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False)
+    res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False,
+                            user_rules=user_rules)
     return ApplyResult(res.families, res.removed, res.commands, res.kept_user_rules, res.checked)
 
 

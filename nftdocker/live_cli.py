@@ -1,7 +1,8 @@
 """The ``export`` and ``watch`` subcommands (a live Docker Engine); ``register(sub)`` adds them.
 
     nftdocker export [--docker-host URL] [--daemon-config FILE] [--ipv4-forwarding B] [-o FILE]
-    nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls] [--json]
+    nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls]
+                     [--user-rules FILE] [--json]
 
 ``python -m nftdocker.live_cli ARGS`` is ``python -m nftdocker ARGS``.
 """
@@ -41,6 +42,8 @@ def register(sub: Any) -> None:
     w.add_argument("--sysctls", action="store_true",
                    help="after each change also set what Docker sets beside its rules (ip_forward, route_localnet, "
                         "bridge-nf-call, hairpin on bridge ports), as apply --sysctls does")
+    w.add_argument("--user-rules", metavar="FILE",
+                   help="nft rule statements for filter-DOCKER-USER, one a line, loaded with every apply and restore")
     w.add_argument("--json", action="store_true", help="log JSON objects, one a line")
     w.set_defaults(func=cmd_watch)
 
@@ -54,10 +57,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from .user_rules import load
     from .watch import Watcher
 
     w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
-                args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls)
+                args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls,
+                user_rules=load(args.user_rules) if args.user_rules else None)
 
     def on_signal(signum: int, frame: Any) -> None:
         w.stop()

@@ -83,7 +83,7 @@ class Applier(Protocol):
     def apply(self, new: Any, old: Any | None) -> Any: ...
 
 
-def make_applier(netns: str | None, table: str) -> Applier:
+def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Applier:
     """The applier the watcher uses for event-driven changes (full syncs always use ``kernel.apply``).
 
     ``nftdocker.incremental.IncrementalApplier``: keeps the kernel's rule handles in memory and
@@ -92,7 +92,7 @@ def make_applier(netns: str | None, table: str) -> Applier:
     """
     from .incremental import IncrementalApplier
 
-    return IncrementalApplier(netns, table)
+    return IncrementalApplier(netns, table, user_rules)
 
 
 @dataclass
@@ -141,6 +141,7 @@ class Watcher:
         sysctls: bool = False,
         warn: Callable[[str], None] | None = None,
         heal: bool = True,
+        user_rules: Any = None,
     ) -> None:
         from .kernel import check_table_name
 
@@ -152,7 +153,8 @@ class Watcher:
         self.ipv6_forwarding = ipv6_forwarding
         self._log = log or (lambda line: print(line, flush=True))
         self.json_logs = json_logs
-        self.applier = applier if applier is not None else make_applier(netns, table)
+        self.user_rules = user_rules  # user_rules.UserRules (--user-rules): in every apply and sync
+        self.applier = applier if applier is not None else make_applier(netns, table, user_rules)
         self.debounce = debounce
         self.max_batch = max_batch
         self.backoff_min, self.backoff_max = backoff
@@ -239,7 +241,7 @@ class Watcher:
         self._since = time.time()
         gen = self._generate()
         old = self.current.rulesets if self.current is not None else self._loaded_rulesets()
-        kernel.apply(gen, self.netns, self.table)
+        kernel.apply(gen, self.netns, self.table, user_rules=self.user_rules)
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
         self.current, self._signature = gen, None
@@ -433,7 +435,7 @@ class Watcher:
             if not touches_ours(tamper, self.current):
                 self._remember()
                 return
-            done = restore(self.current, self.netns, self.table, self.applier, self._kept)
+            done = restore(self.current, self.netns, self.table, self.applier, self._kept, self.user_rules)
         except NftdockerError as e:
             self.emit("error", f"{tamper.describe(self.table)}: cannot restore the table: {e.message}",
                       error=e.message)
