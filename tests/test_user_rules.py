@@ -292,6 +292,7 @@ class Host:
         self.serve("ctr", 80)
         self.serve("lan", 9000)
         self.serve("out", 9000)
+        self.serve("out", 8080)
         return self
 
     def serve(self, ns: str, port: int) -> None:
@@ -331,7 +332,9 @@ def test_recipe_a_published_port_only_from_one_range(tmp_path, with_rules):
         allowed = h.connect("out", "198.51.100.1", 8080, "198.51.100.2")
         others = h.connect("out", "198.51.100.1", 8080, "198.51.100.200")
         from_lan = h.connect("lan", "203.0.113.1", 8080)
+        ctr_to_8080 = h.connect("ctr", "198.51.100.2", 8080)
         assert allowed, "the allowed range must reach the published port"
+        assert ctr_to_8080, "a container's own connection to some port 8080 elsewhere is not concerned"
         if with_rules:
             assert not others and not from_lan, "only 198.51.100.0/25 may reach port 8080"
         else:  # without the file both reach it: the test depends on the rules
