@@ -356,3 +356,52 @@ def test_recipe_containers_do_not_reach_the_hosts_lan(tmp_path, with_rules):
             assert not to_lan, "a container must not reach 203.0.113.0/24"
         else:
             assert to_lan
+
+
+# ---------------------------------------------------------------------- watch, against a fake Engine
+
+
+@pytest.mark.netns
+@needs_netns
+def test_watch_loads_the_file_and_restores_it_after_a_flush(netns, rules_file, tmp_path):
+    pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
+    import threading
+    import time
+
+    from conftest import SHARED_REFERENCE
+    from fake_engine import FakeEngine
+    from nftdocker.watch import Watcher
+
+    dump = json.loads((SHARED_REFERENCE / "multi" / "docker-inspect.json").read_text())
+    bad = tmp_path / "bad.nft"
+    bad.write_text("drop; flush ruleset\n")
+    with FakeEngine(tmp_path / "docker.sock", dump, version="28.0.1") as engine:
+        r = run_cli("watch", "--docker-host", engine.host, "--netns", netns, "--user-rules", bad, timeout=60)
+        assert r.returncode == 2 and r.stderr.startswith(f"nftdocker: {bad}:1: holds ';'"), r.stderr
+        assert nft(netns, "list", "ruleset") == ""
+        logs: list[str] = []
+        w = Watcher(engine.host, netns, "nftdocker", log=logs.append, user_rules=ur.load(str(rules_file)))
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        try:
+            def chain_is(want: list[str]) -> bool:
+                for _ in range(300):  # 3 s at most
+                    got = subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "chain", "ip", "nftdocker", USER],
+                                         capture_output=True, text=True).stdout
+                    if [l.strip() for l in got.splitlines() if l.startswith("\t\t")] == want:
+                        return True
+                    time.sleep(0.01)
+                return False
+
+            assert chain_is(WANT_IP), logs
+            nft(netns, "add", "rule", "ip", "nftdocker", USER, "udp", "dport", "53", "drop")  # by hand
+            time.sleep(0.3)  # the watcher remembers it
+            t0 = time.monotonic()
+            nft(netns, "flush", "ruleset")
+            assert chain_is(WANT_IP + ["udp dport 53 drop"]), logs
+            assert time.monotonic() - t0 < 1.0
+            assert any("deleted by nft" in l and "restored with 1 DOCKER-USER rule," in l for l in logs), logs
+        finally:
+            w.stop()
+            t.join(timeout=10)
+        assert not t.is_alive()
