@@ -6,7 +6,9 @@ the head (``insert``) or tail (``add``) of their chain, chains added or removed,
 policies changed. Rules are compared as canonical IR (the kernel's JSON goes through
 :func:`nftdocker.compat.parse_expr`, both sides are rendered with :func:`render.rule_text`).
 ``filter-DOCKER-USER`` is never diffed: it is only created (with its ``return``) when absent, and
-gets a ``return`` appended when it has none, exactly as a full replace does. :func:`plan` returns
+gets a ``return`` appended when it has none, exactly as a full replace does; the rules of a
+``--user-rules`` file (:mod:`user_rules`, told by their comment) lead it, and are deleted and
+inserted again, all of them, when they are not exactly the file's, in its order, at its head. :func:`plan` returns
 None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
 when the edit is larger than the table, or when a chain would have to be created before chains
 that exist (``nft list table`` lists chains in creation order, and the result must list exactly as

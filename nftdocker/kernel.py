@@ -4,7 +4,8 @@ Every change is one transaction (one libnftables ``cmd`` call): replace = add ta
 table, add table with its contents (nft 1.0.6 has no ``destroy``), so the kernel takes all of
 it or none. Only tables named ``--table`` (default ``nftdocker``) in families ``ip``/``ip6`` are
 ever touched. Rules a user added to ``filter-DOCKER-USER`` are read back and re-added in the
-same transaction, as Docker never flushes DOCKER-USER.
+same transaction, as Docker never flushes DOCKER-USER; a ``--user-rules`` file's rules
+(:mod:`user_rules`) go first in it, in the same transaction too.
 
 ``nftables`` (python3-nftables) and ``pyroute2`` are imported lazily.
 """

@@ -36,8 +36,9 @@ Self-healing (``heal=True``, the default): after the first sync a :class:`heal.K
 the kernel's nftables notifications of the namespace. A commit by another process that deletes the
 table (``nft flush ruleset``, ``nft delete table``) or adds or deletes anything in one of the
 chains nftdocker generates is undone at once: a deleted table is loaded again whole
-(``kernel.apply``), then the ``filter-DOCKER-USER`` rules and user chains it held as they last
-were, right after in a second transaction (libnftables JSON); anything else goes through the
+(``kernel.apply``, with the ``--user-rules`` file's rules, as every sync and change has them), then
+the ``filter-DOCKER-USER`` rules and user chains it held as they last were, right after in a
+second transaction (libnftables JSON); anything else goes through the
 applier (only the difference). One line says what happened and what was restored::
 
     2026-11-25T12:00:00Z ruleset flushed by nft[4242]: restored with 1 DOCKER-USER rule, 1 user chain: +36 -0 rules (31 ms)
