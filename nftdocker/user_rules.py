@@ -11,7 +11,7 @@ blank lines and lines starting with ``#`` are ignored. A line goes into both fam
 The text is nft syntax by design, but it must not leave the chain: a line holding ``;``, ``{``,
 ``}``, ``#`` (after its start), a backslash, a control character or unbalanced quotes is refused
 before the kernel sees anything, as is ``comment`` (nftdocker's own comment marks the file's rules,
-see below); every other line is checked by the kernel's dry run of ``add rule FAMILY TABLE
+see below) and a placement (``position``, ``index``, ``handle``); every other line is checked by the kernel's dry run of ``add rule FAMILY TABLE
 filter-DOCKER-USER LINE`` (:func:`check`), which names the line it refuses. Every refusal is one
 :class:`ScenarioError` naming ``FILE:LINE`` (exit 2), before anything changes.
 
@@ -119,6 +119,9 @@ def parse(path: str, data: bytes) -> UserRules:
             raise _bad(path, n, f"{words[0]!r}: a family prefix is 'ip:' or 'ip6:'")
         if not words:
             raise _bad(path, n, "has a family prefix but no rule")
+        if words[0] in ("position", "index", "handle"):
+            raise _bad(path, n, f"starts with {words[0]!r}: the file's rules go where the file puts them, "
+                                "not at a position")
         if any(w.strip('"') == "comment" for w in words if not w.startswith('"')):
             raise _bad(path, n, "has a 'comment': nftdocker marks the file's rules with its own (use a # line)")
         stmt = " ".join(words)

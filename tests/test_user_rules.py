@@ -90,6 +90,8 @@ def rules_file(tmp_path):
     ('drop comment "mine"', "'comment'"),
     ("inet: drop", "'inet:'"),
     ("ip6:", "no rule"),
+    ("index 0 drop", "'index'"),
+    ("ip: position 1 drop", "'position'"),
 ])
 def test_a_line_that_could_leave_the_chain_is_refused_naming_file_and_line(line, what):
     with pytest.raises(ScenarioError) as e:
