@@ -8,8 +8,8 @@ policies changed. Rules are compared as canonical IR (the kernel's JSON goes thr
 ``filter-DOCKER-USER`` is never diffed: it is only created (with its ``return``) when absent, and
 gets a ``return`` appended when it has none, exactly as a full replace does; the rules of a
 ``--user-rules`` file (:mod:`user_rules`, told by their comment) lead it, and are deleted and
-inserted again, all of them, when they are not exactly the file's, in its order, at its head. :func:`plan` returns
-None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
+inserted again, all of them, when they are not exactly the file's, in its order, at its head.
+:func:`plan` returns None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
 when the edit is larger than the table, or when a chain would have to be created before chains
 that exist (``nft list table`` lists chains in creation order, and the result must list exactly as
 a fresh full apply does).
@@ -664,7 +664,8 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str,
          user_rules: urules.UserRules | None = None) -> IncrementalTransaction:
     """The in-place edit from ``views`` (the kernel's tables, by family) to ``gen``; raises Replace.
 
-    ``user_rules``: the ``--user-rules`` file's rules lead ``filter-DOCKER-USER`` (:func:`user_chain_edit`)."""
+    ``user_rules``: the ``--user-rules`` file's rules lead ``filter-DOCKER-USER``; without it, the
+    rules an earlier file put there are deleted. The user's own rules there are kept as they are."""
     tx = IncrementalTransaction()
     fams = gen.families()
     if not any(views.get(f) is not None for f in FAMILIES):
@@ -734,7 +735,7 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str,
             if w.name == USER_CHAIN:  # the user's chain: the file's rules first, and a return
                 keys, handles = list(kc.keys), list(kc.handles)
                 file_rules = urules.rules_of(user_rules, fam)
-                if user_rules is not None and keys[:len(file_rules)] != [r.key for r in file_rules] or \
+                if keys[:len(file_rules)] != [r.key for r in file_rules] or \
                         any(urules.is_key(k) for k in keys[len(file_rules):]):
                     stale = [h for k, h in zip(keys, handles) if urules.is_key(k)]
                     if None in stale:
