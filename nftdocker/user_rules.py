@@ -43,7 +43,7 @@ class UserRule:
     path: str
     lineno: int
     family: str
-    text: str  # the statement as written (tag and family prefix removed, spaces collapsed)
+    text: str  # the statement as written (the family prefix and surrounding blanks removed)
 
     @property
     def where(self) -> str:
@@ -112,9 +112,11 @@ def parse(path: str, data: bytes) -> UserRules:
             raise _bad(path, n, "has unbalanced quotes (\")")
         words = line.split()
         fams = list(FAMILIES)
+        stmt = line
         if words[0] in ("ip:", "ip6:"):
             fams = [words[0][:-1]]
             words = words[1:]
+            stmt = line[line.index(":") + 1:].strip(" \t")
         elif words[0].endswith(":") and '"' not in words[0]:
             raise _bad(path, n, f"{words[0]!r}: a family prefix is 'ip:' or 'ip6:'")
         if not words:
@@ -124,7 +126,6 @@ def parse(path: str, data: bytes) -> UserRules:
                                 "not at a position")
         if any(w.strip('"') == "comment" for w in words if not w.startswith('"')):
             raise _bad(path, n, "has a 'comment': nftdocker marks the file's rules with its own (use a # line)")
-        stmt = " ".join(words)
         out.extend(UserRule(path, n, f, stmt) for f in fams)
     return UserRules(path, tuple(out))
 

@@ -105,6 +105,8 @@ def test_families_blank_lines_and_comments():
         (2, "ip", "ip saddr 198.18.0.0/15 drop"), (4, "ip", "tcp dport 2222 drop"),
         (4, "ip6", "tcp dport 2222 drop"), (5, "ip6", "ip6 saddr 2001:db8:ff::/48 drop")]
     assert len({r.comment for r in got.rules}) == 4  # the same text in two families: two tags
+    spaced = ur.parse("r", b'  ip6:\t meta  secmark "a  b"   accept \n')  # blanks inside kept as written
+    assert [(r.family, r.text) for r in spaced.rules] == [("ip6", 'meta  secmark "a  b"   accept')]
 
 
 # ---------------------------------------------------------------------- the kernel
