@@ -735,8 +735,7 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str,
             if w.name == USER_CHAIN:  # the user's chain: the file's rules first, and a return
                 keys, handles = list(kc.keys), list(kc.handles)
                 file_rules = urules.rules_of(user_rules, fam)
-                if keys[:len(file_rules)] != [r.key for r in file_rules] or \
-                        any(urules.is_key(k) for k in keys[len(file_rules):]):
+                if not _file_rules_in_place(keys, file_rules):
                     stale = [h for k, h in zip(keys, handles) if urules.is_key(k)]
                     if None in stale:
                         raise Replace("a --user-rules rule without a known handle would have to be deleted")
@@ -1253,8 +1252,8 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
     apply here loaded, replay just those on the stored checkpoint instead of generating the host.
 
     ``sysctls``: also set what Docker sets beside its rules (not with ``check``). ``user_rules``:
-    the ``--user-rules`` file's rules (with them, or with rules of an earlier file in the table,
-    the host is generated and diffed, not resumed).
+    the ``--user-rules`` file's rules (the host is resumed only when the table holds them already,
+    as the file has them; else it is generated and diffed).
     """
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
@@ -1269,7 +1268,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
             else:
                 views, genid, cp = st
                 known = (views, "state")
-                if cp is not None and not _has_user_rules(views) and user_rules is None:
+                if cp is not None and _user_rules_loaded(views, user_rules):
                     got = _resume(nft, sc, views, genid, cp, table)
                     if got is not None:
                         res, extras = got
@@ -1321,10 +1320,17 @@ def _resume(nft: kernel.Nft, sc: Scenario, views: dict[str, KTable | None], geni
                    generation="resumed", replayed=n_new), fw.generated())
 
 
-def _has_user_rules(views: dict[str, KTable | None]) -> bool:
-    """Does a view hold rules of a ``--user-rules`` file?"""
-    return any(urules.is_key(k) for kt in views.values() if kt is not None and USER_CHAIN in kt.chains
-               for k in kt.chains[USER_CHAIN].keys)
+def _file_rules_in_place(keys: list[str], file_rules: list[urules.UserRule]) -> bool:
+    """Does ``filter-DOCKER-USER`` (its keys) begin with exactly ``file_rules``, and hold no other
+    rule of a ``--user-rules`` file?"""
+    n = len(file_rules)
+    return keys[:n] == [r.key for r in file_rules] and not any(urules.is_key(k) for k in keys[n:])
+
+
+def _user_rules_loaded(views: dict[str, KTable | None], user_rules: urules.UserRules | None) -> bool:
+    """Do the views' ``filter-DOCKER-USER`` chains hold the file's rules as :func:`diff` leaves them?"""
+    return all(_file_rules_in_place(kt.chains[USER_CHAIN].keys, urules.rules_of(user_rules, f))
+               for f, kt in views.items() if kt is not None and USER_CHAIN in kt.chains)
 
 
 def _kept_user_rules(views: dict[str, KTable | None], fams: list[str]) -> dict[str, int]:

@@ -147,6 +147,30 @@ def test_rules_added_by_hand_stay_after_the_files_and_a_changed_file_converges(n
     assert user_chain(netns) == [mine, "return"] and user_chain(netns, "ip6") == ["return"]
 
 
+@pytest.mark.netns
+@needs_netns
+def test_appended_containers_are_resumed_only_while_the_files_rules_are_in_place(netns, rules_file, tmp_path):
+    host = tmp_path / "host.toml"
+    text = SEED.read_text()
+    host.write_text(text)
+    apply(netns, host, "--user-rules", rules_file)
+    late = '\n[[containers]]\nname = "late{n}"\nnetworks = ["bridge1"]\npublish = ["{port}:81"]\n'
+    host.write_text(text + late.format(n=1, port=8081))
+    second = apply(netns, host, "--user-rules", rules_file)
+    assert (second["generation"], second["replayed_containers"], second["commands"]) == ("resumed", 1, 4)
+    assert user_chain(netns) == WANT_IP
+    rules_file.write_text("tcp dport 2223 drop\n")  # another file: the host is generated and diffed
+    host.write_text(text + late.format(n=1, port=8081) + late.format(n=2, port=8082))
+    third = apply(netns, host, "--user-rules", rules_file)
+    assert (third["generation"], third["mode"]) == ("full", "incremental")
+    assert user_chain(netns) == [tagged("tcp dport 2223 drop", "ip"), "return"]
+    def docker_part(text: str) -> list[str]:
+        return [l for l in text.splitlines() if not l.startswith("-A DOCKER-USER")]
+
+    assert docker_part(run_cli("compat", "--netns", netns).stdout) == docker_part(run_cli("compat", host).stdout)
+    assert apply(netns, host, "--user-rules", rules_file)["mode"] == "noop"
+
+
 @pytest.mark.parametrize("line, message", [
     ("tcp dport 22 dorp", "unexpected newline (at the end of the line)"),
     ("jump no-such-chain", "(at 'no-such-chain')"),
