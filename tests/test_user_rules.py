@@ -294,6 +294,13 @@ class Host:
         subprocess.run(["ip", "-n", self.ns[ns], *args], check=True)
 
     def __enter__(self) -> Host:
+        try:
+            return self._build()
+        except BaseException:
+            self.__exit__()  # a half-built host is removed too
+            raise
+
+    def _build(self) -> Host:
         for n in self.ns.values():
             subprocess.run(["ip", "netns", "add", n], check=True)
         for k in self.ns:
