@@ -209,11 +209,12 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from . import incremental
+    from . import incremental, user_rules
 
     mark = accept_mark_of(args)
+    rules = user_rules.load(args.user_rules) if args.user_rules else None
     res = incremental.apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
-                                     sysctls=args.sysctls, accept_mark=mark)
+                                     sysctls=args.sysctls, accept_mark=mark, user_rules=rules)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--replace", action="store_true", help="replace the whole table even when it is loaded (default: send only the difference)")
     a.add_argument("--sysctls", action="store_true", help="also set what Docker sets beside its rules (forwarding, route_localnet, bridge-nf-call, hairpin)")
     add_accept_mark_arg(a)
+    a.add_argument("--user-rules", metavar="FILE", help="nft rule statements for filter-DOCKER-USER, one a line (README: Your own rules, from a file)")
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_apply)
 

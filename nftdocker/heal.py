@@ -14,6 +14,9 @@ so that when the whole table goes, :func:`restore_commands` puts them back as th
 are kept as the kernel's JSON listing and go back as libnftables JSON, in a second transaction
 right after the one that re-creates the table: nft 1.0.6's JSON cannot carry the table's
 ownership comment, and nft text cannot carry every string a user may have put in a comment.
+The ``--user-rules`` file's rules (told by their comment) are not remembered: they are part of what
+``kernel.apply`` writes, at the head of ``filter-DOCKER-USER``; the user's rules that stood between
+them and the ``return`` go back right after them.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import kernel
+from . import kernel, user_rules as urules
 from .errors import KernelError
 from .incremental import (FAMILIES, MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
                           MSG_NEWTABLE, Event, Monitor)
@@ -153,6 +156,11 @@ def _is_return(rule: dict[str, Any]) -> bool:
     return rule.get("expr") == [{"return": None}]
 
 
+def _is_file_rule(rule: dict[str, Any]) -> bool:
+    comment = rule.get("comment")
+    return isinstance(comment, str) and urules.key_of_comment(comment) is not None
+
+
 def _bare(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "handle"}
 
@@ -170,7 +178,8 @@ def read_user_state(netns: str | None, table: str, gen: Any) -> dict[str, UserSt
                 continue
             st = UserState(None)
             if USER_CHAIN in names:
-                st.user_rules = [_bare(o["rule"]) for o in nft.list_json(f"list chain {fam} {table} {USER_CHAIN}") if "rule" in o]
+                st.user_rules = [_bare(o["rule"]) for o in nft.list_json(f"list chain {fam} {table} {USER_CHAIN}")
+                                 if "rule" in o and not _is_file_rule(o["rule"])]
             for name in names:
                 if is_own_chain(name):
                     continue
@@ -189,17 +198,21 @@ def read_user_state(netns: str | None, table: str, gen: Any) -> dict[str, UserSt
     return out
 
 
-def restore_commands(st: UserState) -> list[dict[str, Any]]:
+def restore_commands(st: UserState, file_rules: int = 0) -> list[dict[str, Any]]:
     """libnftables JSON commands that put ``st`` back into a table just re-created
-    (``filter-DOCKER-USER`` holding only its ``return``): sets, chains, their rules, then the
-    DOCKER-USER rules in their order around that return."""
+    (``filter-DOCKER-USER`` holding only ``file_rules`` rules of the ``--user-rules`` file and its
+    ``return``): sets, chains, their rules, then the DOCKER-USER rules in their order around that
+    return (after the file's rules)."""
     cmds: list[dict[str, Any]] = [{"add": o} for o in st.sets]
     cmds += [{"add": {"chain": c}} for c in st.chains]
     cmds += [{"add": {"rule": r}} for r in st.chain_rules]
     rules = st.user_rules or []
     last_return = max((i for i, r in enumerate(rules) if _is_return(r)), default=None)
     head, tail = (rules, []) if last_return is None else (rules[:last_return], rules[last_return + 1:])
-    cmds += [{"insert": {"rule": r}} for r in reversed(head)]  # before the chain's return, in order
+    if file_rules:  # after the file's rules (an index: libnftables then lists the chain first)
+        cmds += [{"add": {"rule": {**r, "index": file_rules - 1 + i}}} for i, r in enumerate(head)]
+    else:
+        cmds += [{"insert": {"rule": r}} for r in reversed(head)]  # before the chain's return, in order
     cmds += [{"add": {"rule": r}} for r in tail]
     return cmds
 
@@ -232,9 +245,11 @@ class Restored:
                 f"{self.user_chains} user chain{'s' * (self.user_chains != 1)}")
 
 
-def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[str, UserState]) -> Restored | None:
+def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[str, UserState],
+            user_rules: urules.UserRules | None = None) -> Restored | None:
     """Bring the table back to ``gen``. A family whose table is gone: the whole table again
-    (``kernel.apply``), then ``kept`` (the user's part, as last read) in a second, JSON transaction.
+    (``kernel.apply``, with the ``--user-rules`` file's rules), then ``kept`` (the user's part, as
+    last read) in a second, JSON transaction.
     Otherwise the applier sends only the difference (DOCKER-USER and the user's chains are its
     business, as on every change). None: nothing differed."""
     from .incremental import table_handle
@@ -247,12 +262,13 @@ def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[st
         if mode == "noop":
             return None
         return Restored(mode, getattr(stats, "added", 0), getattr(stats, "removed", 0))
-    kernel.apply(gen, netns, table)
+    kernel.apply(gen, netns, table, user_rules=user_rules)
     back = [f for f in missing if f in kept and restore_commands(kept[f])]
+    n_file = {f: len(urules.rules_of(user_rules, f)) for f in back}
     if back:  # a second transaction: JSON, so that nothing of the user's is parsed as nft text
         with kernel.lock(netns), kernel.netns(netns):
             nft = kernel.Nft()
-            rc, _, err = nft.ctx.json_cmd({"nftables": [c for f in back for c in restore_commands(kept[f])]})
+            rc, _, err = nft.ctx.json_cmd({"nftables": [c for f in back for c in restore_commands(kept[f], n_file[f])]})
             if rc != 0:
                 raise KernelError(f"the table is back, but the kernel refused the user's rules and chains: {kernel._kernel_message(err)}")
     added = sum(len(c.rules) for f in missing for c in gen.rulesets[f].chains.values())

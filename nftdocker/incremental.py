@@ -6,8 +6,10 @@ the head (``insert``) or tail (``add``) of their chain, chains added or removed,
 policies changed. Rules are compared as canonical IR (the kernel's JSON goes through
 :func:`nftdocker.compat.parse_expr`, both sides are rendered with :func:`render.rule_text`).
 ``filter-DOCKER-USER`` is never diffed: it is only created (with its ``return``) when absent, and
-gets a ``return`` appended when it has none, exactly as a full replace does. :func:`plan` returns
-None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
+gets a ``return`` appended when it has none, exactly as a full replace does; the rules of a
+``--user-rules`` file (:mod:`user_rules`, told by their comment) lead it, and are deleted and
+inserted again, all of them, when they are not exactly the file's, in its order, at its head.
+:func:`plan` returns None, meaning "do a full replace", when asked (``replace``), when no family's table exists yet,
 when the edit is larger than the table, or when a chain would have to be created before chains
 that exist (``nft list table`` lists chains in creation order, and the result must list exactly as
 a fresh full apply does).
@@ -55,7 +57,7 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from . import kernel, resume
+from . import kernel, resume, user_rules as urules
 from .accept_mark import apply as accept_marks
 from .compat import parse_expr
 from .errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
@@ -487,6 +489,10 @@ def _key_of(body: dict[str, Any], family: str, stub: Ruleset) -> str:
     handle = body.get("handle")
     foreign = f"\0foreign rule {handle}"
     chain = str(body.get("chain", ""))
+    if chain == USER_CHAIN and isinstance(body.get("comment"), str):
+        tagged = urules.key_of_comment(body["comment"])  # one of the --user-rules file's rules
+        if tagged is not None:
+            return tagged
     ipt_table, _, name = chain.partition("-")
     if ipt_table not in BUILTIN_CHAINS or not name or "comment" in body:
         return foreign
@@ -656,8 +662,12 @@ class IncrementalTransaction(kernel.Transaction):
             self.n_commands += part.commands()
 
 
-def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> IncrementalTransaction:
-    """The in-place edit from ``views`` (the kernel's tables, by family) to ``gen``; raises Replace."""
+def diff(views: dict[str, KTable | None], gen: Generated, table: str,
+         user_rules: urules.UserRules | None = None) -> IncrementalTransaction:
+    """The in-place edit from ``views`` (the kernel's tables, by family) to ``gen``; raises Replace.
+
+    ``user_rules``: the ``--user-rules`` file's rules lead ``filter-DOCKER-USER``; without it, the
+    rules an earlier file put there are deleted. The user's own rules there are kept as they are."""
     tx = IncrementalTransaction()
     fams = gen.families()
     if not any(views.get(f) is not None for f in FAMILIES):
@@ -724,8 +734,22 @@ def diff(views: dict[str, KTable | None], gen: Generated, table: str) -> Increme
             if kc.policy != w.policy:
                 chain_adds.append(f"add chain {fam} {table} {w.name} {{ {w.header} }}")
                 edits += 1
-            if w.name == USER_CHAIN:  # the user's chain: only make sure it ends in a return
+            if w.name == USER_CHAIN:  # the user's chain: the file's rules first, and a return
                 keys, handles = list(kc.keys), list(kc.handles)
+                file_rules = urules.rules_of(user_rules, fam)
+                if not _file_rules_in_place(keys, file_rules):
+                    stale = [h for k, h in zip(keys, handles) if urules.is_key(k)]
+                    if None in stale:
+                        raise Replace("a --user-rules rule without a known handle would have to be deleted")
+                    deletes.extend(f"delete rule {fam} {table} {w.name} handle {h}" for h in stale)
+                    kept_k = [(k, h) for k, h in zip(keys, handles) if not urules.is_key(k)]
+                    for i in range(len(file_rules) - 1, -1, -1):
+                        adds.append(("insert", fam, w.name, i, file_rules[i].command_text))
+                    keys = [r.key for r in file_rules] + [k for k, _ in kept_k]
+                    handles = [None] * len(file_rules) + [h for _, h in kept_k]
+                    edits += len(stale) + len(file_rules)
+                    tx.added += len(file_rules)
+                    tx.removed += len(stale)
                 if "return" not in keys:
                     adds.append(("add", fam, w.name, len(keys), "return"))
                     keys.append("return")
@@ -967,8 +991,10 @@ class Kept:
     """What the user keeps in one of our tables (see :func:`user_content`)."""
 
     own: list[str]  # our chains now in the table, in the kernel's order
-    user_rules: int  # rules in filter-DOCKER-USER other than a bare return
+    user_rules: int  # rules in filter-DOCKER-USER other than a bare return (and the file's)
     has_return: bool  # filter-DOCKER-USER holds a bare return
+    #: handles of the --user-rules file's rules in filter-DOCKER-USER (told by their comment)
+    tagged: list[int] = field(default_factory=list)
 
 
 def user_content(nft: kernel.Nft, family: str, table: str, info: Event) -> Kept | None:
@@ -976,20 +1002,28 @@ def user_content(nft: kernel.Nft, family: str, table: str, info: Event) -> Kept 
     ``return`` in ``filter-DOCKER-USER``, no chain, set, map or stateful object of the user's."""
     chains = chain_names(family, table)
     own = [c for c in chains if is_own_chain(c)]
-    users, has_return = 0, False
+    users, has_return, tagged = 0, False, []
     if USER_CHAIN in own:
-        for o in nft.list_json(f"list chain {family} {table} {USER_CHAIN}"):
+        nft.ctx.set_handle_output(True)
+        try:
+            listed = nft.list_json(f"list chain {family} {table} {USER_CHAIN}")
+        finally:
+            nft.ctx.set_handle_output(False)
+        for o in listed:
             if "rule" in o:
+                comment = o["rule"].get("comment")
                 if o["rule"].get("expr") == [{"return": None}]:
                     has_return = True
+                elif isinstance(comment, str) and urules.key_of_comment(comment) is not None:
+                    tagged.append(o["rule"].get("handle"))
                 else:
                     users += 1
     if users == 0 and len(own) == len(chains) and (info.use or 0) <= len(chains):
         return None
-    return Kept(own, users, has_return)
+    return Kept(own, users, has_return, tagged)
 
 
-def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
+def full(nft: kernel.Nft, gen: Generated, table: str, user_rules: urules.UserRules | None = None) -> IncrementalTransaction:
     """The full replace, with the view it leaves.
 
     A table that holds nothing of the user's is replaced whole: ``add table`` + ``delete table``,
@@ -1002,6 +1036,9 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
     A table that holds the user's rules in ``filter-DOCKER-USER``, or chains, sets or other
     objects of the user's, is replaced in place (:func:`in_place`): nothing of the user's is
     deleted, so nothing of theirs is read back or parsed again.
+
+    ``user_rules``: the ``--user-rules`` file's rules, first in ``filter-DOCKER-USER`` (in place:
+    the file's rules there before are deleted, the file's inserted at the head).
     """
     tx = IncrementalTransaction(mode="full")
     fams = gen.families()
@@ -1011,7 +1048,7 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
         info = table_info(fam, table) if check_owned(fam, table) else None
         kept = user_content(nft, fam, table, info) if info is not None else None
         if kept is not None:
-            part = in_place(gen.rulesets[fam] if fam in fams else None, fam, table, kept)
+            part = in_place(gen.rulesets[fam] if fam in fams else None, fam, table, kept, urules.rules_of(user_rules, fam))
             tx.extend(part)
             parts.append(lambda part=part: part)
             tx.in_place.append(fam)
@@ -1028,7 +1065,9 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
             tx.after[fam] = None
             continue
         exists = info is not None
-        parts.append(lambda fam=fam, exists=exists: kernel.full_transaction(gen.rulesets[fam], table, exists))
+        file_rules = urules.rules_of(user_rules, fam)
+        parts.append(lambda fam=fam, exists=exists, file_rules=file_rules: kernel.full_transaction(
+            gen.rulesets[fam], table, exists, [(r.command_text, f"--user-rules {r.where}") for r in file_rules]))
         if exists:
             tx.add(f"add table {fam} {table}")
             tx.add(f"delete table {fam} {table}")
@@ -1043,11 +1082,15 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
             tx.add(f"\tchain {w.name} {{")
             if w.header:
                 tx.add(f"\t\t{w.header}")
+            keys = list(w.keys)
+            if w.name == USER_CHAIN and file_rules:
+                tx.lines.extend([f"\t\t{r.command_text}" for r in file_rules])
+                keys = [r.key for r in file_rules] + keys
             tx.lines.extend([f"\t\t{k}" for k in w.keys])
             tx.add("\t}")
-            kt.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), list(range(handle + 1, handle + 1 + len(w.keys))))
-            handle += len(w.keys)
-            count += len(w.keys)
+            kt.chains[w.name] = KChain(w.name, w.base, w.policy, keys, list(range(handle + 1, handle + 1 + len(keys))))
+            handle += len(keys)
+            count += len(keys)
         tx.add("}")
         tx.after[fam] = kt
         tx.added += kt.rule_count()
@@ -1063,11 +1106,13 @@ def full(nft: kernel.Nft, gen: Generated, table: str) -> IncrementalTransaction:
     return tx
 
 
-def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept) -> kernel.Transaction:
+def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept,
+             file_rules: list[urules.UserRule] | None = None) -> kernel.Transaction:
     """Our chains of ``fam``'s table replaced in place, one command per line: the user's objects
     and ``filter-DOCKER-USER`` stay as they are (it gets a ``return`` only if it has none); with
     ``rs`` None our chains are removed. The kernel's new handles are not known in advance, so the
-    table is listed again next time."""
+    table is listed again next time. ``file_rules`` (``--user-rules``) replace the file's rules
+    that ``filter-DOCKER-USER`` held, at its head."""
     tx = kernel.Transaction()
     redo = [c for c in kept.own if c != USER_CHAIN]
     for c in redo:
@@ -1077,6 +1122,7 @@ def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept) -> kernel.Tra
     if rs is None:
         return tx
     keep_user = USER_CHAIN in kept.own
+    file_rules = file_rules or []
     chains = nft_chains(rs)
     for c in chains:
         if not (c.nft_name == USER_CHAIN and keep_user):
@@ -1084,9 +1130,16 @@ def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept) -> kernel.Tra
             tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
     for c in chains:
         if c.nft_name == USER_CHAIN and keep_user:
+            for h in kept.tagged:
+                tx.add(f"delete rule {fam} {table} {USER_CHAIN} handle {h}")
+            for r in reversed(file_rules):
+                tx.add(f"insert rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
             if not kept.has_return:
                 tx.add(f"add rule {fam} {table} {USER_CHAIN} return", "setupUserChain")
             continue
+        if c.nft_name == USER_CHAIN:
+            for r in file_rules:
+                tx.add(f"add rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
         for r in c.rules:
             tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
     return tx
@@ -1185,22 +1238,27 @@ class Result:
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-          replace: bool = False, extra: dict[str, kernel.Transaction] | None = None, store: bool = True) -> Result:
+          replace: bool = False, extra: dict[str, kernel.Transaction] | None = None, store: bool = True,
+          user_rules: urules.UserRules | None = None) -> Result:
     """Load ``gen``, sending only the difference when the table is loaded (``replace``: always the
-    whole table). ``store``: keep the table's view for the next apply here (see :func:`commit`)."""
+    whole table). ``store``: keep the table's view for the next apply here (see :func:`commit`).
+    ``user_rules``: the ``--user-rules`` file's rules, first in ``filter-DOCKER-USER``."""
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
-        return _apply_in(kernel.Nft(), gen, table, check, replace, extra, store=store)
+        return _apply_in(kernel.Nft(), gen, table, check, replace, extra, store=store, user_rules=user_rules)
 
 
 def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-                   replace: bool = False, sysctls: bool = False, accept_mark: tuple[int, int] | None = None) -> Result:
+                   replace: bool = False, sysctls: bool = False, accept_mark: tuple[int, int] | None = None,
+                   user_rules: urules.UserRules | None = None) -> Result:
     """Generate ``sc`` and :func:`apply` it; when it only appends containers to the host the last
     apply here loaded, replay just those on the stored checkpoint instead of generating the host.
 
     ``sysctls``: also set what Docker sets beside its rules (not with ``check``). ``accept_mark``:
     (VALUE, MASK) of :mod:`accept_mark`; the host is then always generated whole (the checkpoint's
-    replay knows Docker's rules, not the marked ones) and no checkpoint is stored.
+    replay knows Docker's rules, not the marked ones) and no checkpoint is stored. ``user_rules``:
+    the ``--user-rules`` file's rules (the host is resumed only when the table holds them already,
+    as the file has them; else it is generated and diffed).
     """
     kernel.check_table_name(table)
     with kernel.lock(netns_name), kernel.netns(netns_name):
@@ -1217,7 +1275,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
             else:
                 views, genid, cp = st
                 known = (views, "state")
-                if cp is not None:
+                if cp is not None and _user_rules_loaded(views, user_rules):
                     got = _resume(nft, sc, views, genid, cp, table)
                     if got is not None:
                         res, extras = got
@@ -1225,7 +1283,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
             fw = Firewall(sc)
             gen = accept_marks(fw.run(), accept_mark)
             res = _apply_in(nft, gen, table, check, replace, None, known=known,
-                            checkpoint=resume.checkpoint(fw) if accept_mark is None else None)
+                            checkpoint=resume.checkpoint(fw) if accept_mark is None else None, user_rules=user_rules)
             extras = gen
     if sysctls and not check:
         res.sysctls = kernel.apply_sysctls(extras, netns_name)
@@ -1269,16 +1327,36 @@ def _resume(nft: kernel.Nft, sc: Scenario, views: dict[str, KTable | None], geni
                    generation="resumed", replayed=n_new), fw.generated())
 
 
+def _file_rules_in_place(keys: list[str], file_rules: list[urules.UserRule]) -> bool:
+    """Does ``filter-DOCKER-USER`` (its keys) begin with exactly ``file_rules``, and hold no other
+    rule of a ``--user-rules`` file?"""
+    n = len(file_rules)
+    return keys[:n] == [r.key for r in file_rules] and not any(urules.is_key(k) for k in keys[n:])
+
+
+def _user_rules_loaded(views: dict[str, KTable | None], user_rules: urules.UserRules | None) -> bool:
+    """Do the views' ``filter-DOCKER-USER`` chains hold the file's rules as :func:`diff` leaves them?"""
+    return all(_file_rules_in_place(kt.chains[USER_CHAIN].keys, urules.rules_of(user_rules, f))
+               for f, kt in views.items() if kt is not None and USER_CHAIN in kt.chains)
+
+
 def _kept_user_rules(views: dict[str, KTable | None], fams: list[str]) -> dict[str, int]:
     """Per family, the user's own rules in ``filter-DOCKER-USER`` (all but its ``return``)."""
-    return {f: len([k for k in kt.chains[USER_CHAIN].keys if k != "return"])
+    return {f: len([k for k in kt.chains[USER_CHAIN].keys if k != "return" and not urules.is_key(k)])
             for f in fams if (kt := views.get(f)) is not None and USER_CHAIN in kt.chains}
+
+
+def user_families(gen: Generated) -> list[str]:
+    """The families whose generated table has ``filter-DOCKER-USER`` (where ``--user-rules`` go)."""
+    return [f for f in gen.families() if any(c.nft_name == USER_CHAIN for c in nft_chains(gen.rulesets[f]))]
 
 
 def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace: bool,
               extra: dict[str, kernel.Transaction] | None, checkpoint: dict[str, Any] | None = None,
-              known: tuple[dict[str, KTable | None], str] | None = None, store: bool = True) -> Result:
+              known: tuple[dict[str, KTable | None], str] | None = None, store: bool = True,
+              user_rules: urules.UserRules | None = None) -> Result:
     """:func:`apply` inside the namespace, under the lock; ``known``: the views already read."""
+    urules.check(nft, table, user_rules, user_families(gen))
     views: dict[str, KTable | None] | None = None
     source, reason = "none", ""
     tx: IncrementalTransaction | None = None
@@ -1287,11 +1365,11 @@ def _apply_in(nft: kernel.Nft, gen: Generated, table: str, check: bool, replace:
     else:
         views, source = known if known is not None else kernel_views(nft, table)
         try:
-            tx = diff(views, gen, table)
+            tx = diff(views, gen, table, user_rules)
         except Replace as e:
             reason = str(e)
     if tx is None:
-        tx = full(nft, gen, table)
+        tx = full(nft, gen, table, user_rules)
     if extra:
         extras = [extra[f] for f in gen.families() if f in extra]
         for part in extras:
@@ -1340,9 +1418,12 @@ class IncrementalApplier:
     their commits) and the table is read again before the next change.
     """
 
-    def __init__(self, netns: str | None = None, table: str = DEFAULT_TABLE) -> None:
+    def __init__(self, netns: str | None = None, table: str = DEFAULT_TABLE,
+                 user_rules: urules.UserRules | None = None) -> None:
         self.netns = netns
         self.table = kernel.check_table_name(table)
+        self.user_rules = user_rules  # --user-rules: the file's rules lead filter-DOCKER-USER
+        self._checked: list[str] | None = None  # the families the file's rules were checked for
         self.gen: Generated | None = None
         self.fw: IndexedFirewall | None = None
         self.views: dict[str, KTable | None] | None = None
@@ -1423,6 +1504,10 @@ class IncrementalApplier:
         t0 = time.perf_counter()
         with kernel.lock(self.netns), kernel.netns(self.netns):
             nft, mon = self._enter()
+            fams = user_families(gen)
+            if self.user_rules is not None and self._checked != fams:
+                urules.check(nft, self.table, self.user_rules, fams)
+                self._checked = fams
             resynced = False
             if self._stale(mon) or self.views is None:
                 self.views, _ = kernel_views(nft, self.table)
@@ -1430,11 +1515,11 @@ class IncrementalApplier:
             tx: IncrementalTransaction | None = None
             if not full_replace:
                 try:
-                    tx = diff(self.views, gen, self.table)
+                    tx = diff(self.views, gen, self.table, self.user_rules)
                 except Replace:
                     tx = None
             if tx is None:
-                tx = full(nft, gen, self.table)
+                tx = full(nft, gen, self.table, self.user_rules)
             self._commit(nft, mon, tx)
         self.gen = gen
         mode = {"incremental": "diff"}.get(tx.mode, tx.mode)
@@ -1498,9 +1583,9 @@ class IncrementalApplier:
                 fast = self._ops_transaction(gen, logs) if simple and not resynced else None
                 if fast is None:  # a new chain or policy, or the table was read again: diff the whole host
                     try:
-                        tx = diff(self.views, gen, self.table)
+                        tx = diff(self.views, gen, self.table, self.user_rules)
                     except Replace:
-                        tx = full(nft, gen, self.table)
+                        tx = full(nft, gen, self.table, self.user_rules)
                     self._commit(nft, mon, tx)
                     mode = "diff" if tx.mode == "incremental" else tx.mode
                 else:

@@ -4,7 +4,8 @@ Every change is one transaction (one libnftables ``cmd`` call): replace = add ta
 table, add table with its contents (nft 1.0.6 has no ``destroy``), so the kernel takes all of
 it or none. Only tables named ``--table`` (default ``nftdocker``) in families ``ip``/``ip6`` are
 ever touched. Rules a user added to ``filter-DOCKER-USER`` are read back and re-added in the
-same transaction, as Docker never flushes DOCKER-USER.
+same transaction, as Docker never flushes DOCKER-USER; a ``--user-rules`` file's rules
+(:mod:`user_rules`) go first in it, in the same transaction too.
 
 ``nftables`` (python3-nftables) and ``pyroute2`` are imported lazily.
 """
@@ -257,8 +258,10 @@ class Transaction:
         self.origins.update({base + k: v for k, v in part.origins.items()})
 
 
-def full_transaction(rs: Ruleset, table: str, exists: bool) -> Transaction:
-    """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order)."""
+def full_transaction(rs: Ruleset, table: str, exists: bool, user: list[tuple[str, str]] | None = None) -> Transaction:
+    """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order).
+
+    ``user``: (rule text, origin) of the ``--user-rules`` file's rules, put first in ``filter-DOCKER-USER``."""
     tx = Transaction()
     fam = rs.family
     if exists:
@@ -270,6 +273,9 @@ def full_transaction(rs: Ruleset, table: str, exists: bool) -> Transaction:
         hdr = chain_header(c)
         tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
     for c in chains:
+        if c.nft_name == USER_CHAIN:
+            for text, origin in user or ():
+                tx.add(f"add rule {fam} {table} {USER_CHAIN} {text}", origin)
         for r in c.rules:
             tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
     return tx
@@ -321,15 +327,17 @@ class ApplyResult:
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-          extra: dict[str, Transaction] | None = None) -> ApplyResult:
+          extra: dict[str, Transaction] | None = None, user_rules: Any = None) -> ApplyResult:
     """Replace the generated tables in one transaction (``check``: the kernel validates, nothing changes).
+    ``user_rules``: a :class:`user_rules.UserRules`, loaded first in ``filter-DOCKER-USER``.
 
     ``incremental.apply`` with ``replace``, leaving no stored view (the callers, ``watch``'s full
     syncs and ``verify``, do not come back through ``incremental.apply``).
     """
     from .incremental import apply as apply_incremental  # incremental builds on this module
 
-    res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False)
+    res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False,
+                            user_rules=user_rules)
     return ApplyResult(res.families, res.removed, res.commands, res.kept_user_rules, res.checked)
 
 

@@ -1,7 +1,8 @@
 """The ``export`` and ``watch`` subcommands (a live Docker Engine); ``register(sub)`` adds them.
 
     nftdocker export [--docker-host URL] [--daemon-config FILE] [--ipv4-forwarding B] [-o FILE]
-    nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls] [--json]
+    nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls]
+                     [--user-rules FILE] [--json]
 
 ``python -m nftdocker.live_cli ARGS`` is ``python -m nftdocker ARGS``.
 """
@@ -44,6 +45,8 @@ def register(sub: Any) -> None:
     from .cli import add_accept_mark_arg
 
     add_accept_mark_arg(w)
+    w.add_argument("--user-rules", metavar="FILE",
+                   help="nft rule statements for filter-DOCKER-USER, one a line, loaded with every apply and restore")
     w.add_argument("--json", action="store_true", help="log JSON objects, one a line")
     w.set_defaults(func=cmd_watch)
 
@@ -58,12 +61,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     from .cli import accept_mark_of
+    from .user_rules import load
     from .watch import Watcher
 
     mark = accept_mark_of(args)
     w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
                 args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls,
-                accept_mark=mark)
+                accept_mark=mark, user_rules=load(args.user_rules) if args.user_rules else None)
 
     def on_signal(signum: int, frame: Any) -> None:
         w.stop()

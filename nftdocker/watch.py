@@ -36,8 +36,9 @@ Self-healing (``heal=True``, the default): after the first sync a :class:`heal.K
 the kernel's nftables notifications of the namespace. A commit by another process that deletes the
 table (``nft flush ruleset``, ``nft delete table``) or adds or deletes anything in one of the
 chains nftdocker generates is undone at once: a deleted table is loaded again whole
-(``kernel.apply``), then the ``filter-DOCKER-USER`` rules and user chains it held as they last
-were, right after in a second transaction (libnftables JSON); anything else goes through the
+(``kernel.apply``, with the ``--user-rules`` file's rules, as every sync and change has them), then
+the ``filter-DOCKER-USER`` rules and user chains it held as they last were, right after in a
+second transaction (libnftables JSON); anything else goes through the
 applier (only the difference). One line says what happened and what was restored::
 
     2026-11-25T12:00:00Z ruleset flushed by nft[4242]: restored with 1 DOCKER-USER rule, 1 user chain: +36 -0 rules (31 ms)
@@ -83,7 +84,7 @@ class Applier(Protocol):
     def apply(self, new: Any, old: Any | None) -> Any: ...
 
 
-def make_applier(netns: str | None, table: str) -> Applier:
+def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Applier:
     """The applier the watcher uses for event-driven changes (full syncs always use ``kernel.apply``).
 
     ``nftdocker.incremental.IncrementalApplier``: keeps the kernel's rule handles in memory and
@@ -92,7 +93,7 @@ def make_applier(netns: str | None, table: str) -> Applier:
     """
     from .incremental import IncrementalApplier
 
-    return IncrementalApplier(netns, table)
+    return IncrementalApplier(netns, table, user_rules)
 
 
 @dataclass
@@ -142,6 +143,7 @@ class Watcher:
         warn: Callable[[str], None] | None = None,
         heal: bool = True,
         accept_mark: tuple[int, int] | None = None,
+        user_rules: Any = None,
     ) -> None:
         from .kernel import check_table_name
 
@@ -155,7 +157,8 @@ class Watcher:
         self.ipv6_forwarding = ipv6_forwarding
         self._log = log or (lambda line: print(line, flush=True))
         self.json_logs = json_logs
-        self.applier = applier if applier is not None else make_applier(netns, table)
+        self.user_rules = user_rules  # user_rules.UserRules (--user-rules): in every apply and sync
+        self.applier = applier if applier is not None else make_applier(netns, table, user_rules)
         self.debounce = debounce
         self.max_batch = max_batch
         self.backoff_min, self.backoff_max = backoff
@@ -255,7 +258,7 @@ class Watcher:
             self._replay = EventReplay(sc, dump, lambda kind, ident: inspect_one(self.docker_host, kind, ident))
         else:
             gen = self._marked(sc)
-            kernel.apply(gen, self.netns, self.table)
+            kernel.apply(gen, self.netns, self.table, user_rules=self.user_rules)
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
         self.current, self._signature = gen, None
@@ -503,7 +506,7 @@ class Watcher:
             if not touches_ours(tamper, self.current):
                 self._remember()
                 return
-            done = restore(self.current, self.netns, self.table, self.applier, self._kept)
+            done = restore(self.current, self.netns, self.table, self.applier, self._kept, self.user_rules)
         except NftdockerError as e:
             self.emit("error", f"{tamper.describe(self.table)}: cannot restore the table: {e.message}",
                       error=e.message)
