@@ -74,7 +74,7 @@ def _fetch(docker_host: str | None, timeout: float) -> tuple[dict[str, list[dict
 
 def inspect_one(docker_host: str | None, kind: str, ident: str, *, timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any] | None:
     """One ``docker inspect`` of a container or network (``kind``) by id: one API call; None if it is gone."""
-    with _client(docker_host, timeout) as (client, url, docker_errors):
+    with _client(docker_host, timeout, negotiate=False) as (client, url, docker_errors):
         with _translate(url, timeout, f"inspecting {kind} {ident[:12]}"):
             try:
                 got = client.inspect_container(ident) if kind == "container" else client.inspect_network(ident)
@@ -208,6 +208,9 @@ def scenario_from_live(
 # --------------------------------------------------------------------------- internals
 
 
+_API_VERSIONS: dict[str, str] = {}  # daemon URL -> the API version negotiated with it
+
+
 def _base_url(docker_host: str | None) -> tuple[str, dict[str, Any]]:
     """The daemon URL and the APIClient's keyword arguments for it."""
     if docker_host:
@@ -221,7 +224,7 @@ def _base_url(docker_host: str | None) -> tuple[str, dict[str, Any]]:
 
 
 @contextmanager
-def _client(docker_host: str | None, timeout: float) -> Iterator[tuple[Any, str, Any]]:
+def _client(docker_host: str | None, timeout: float, negotiate: bool = True) -> Iterator[tuple[Any, str, Any]]:
     try:
         import docker
         import docker.errors
@@ -232,7 +235,10 @@ def _client(docker_host: str | None, timeout: float) -> Iterator[tuple[Any, str,
     url = docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_HOST
     with _translate(url, timeout, "connecting"):
         url, kwargs = _base_url(docker_host)
-        client = docker.APIClient(version="auto", timeout=timeout, **kwargs)
+        # Reading the whole daemon negotiates the API version (GET /version); watch's one inspect
+        # per event reuses what was negotiated with that daemon last.
+        client = docker.APIClient(version="auto" if negotiate else _API_VERSIONS.get(url, "auto"), timeout=timeout, **kwargs)
+        _API_VERSIONS[url] = client.api_version
     try:
         yield client, url, docker.errors
     finally:

@@ -3,7 +3,7 @@
 ``Watcher.run()``: one full sync (read the daemon with ``live.scenario_from_live``, generate,
 ``kernel.apply`` in one transaction), then the Engine's event stream (``live.events``: container
 start/stop/die/destroy, network create/destroy/connect/disconnect). Events arriving within
-``debounce`` seconds of each other (50 ms) are one change: the daemon is read again (a handful of
+``debounce`` seconds of each other (10 ms) are one change: the daemon is read again (a handful of
 API calls), the rules generated, and if they differ from what is loaded, the change is applied and
 logged as one line::
 
@@ -69,7 +69,7 @@ from .kernel import USER_CHAIN
 from .render import DEFAULT_TABLE
 
 #: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
-DEBOUNCE = 0.05
+DEBOUNCE = 0.01
 MAX_BATCH = 0.25
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
