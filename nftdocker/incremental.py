@@ -44,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import select
@@ -348,6 +349,48 @@ def _request(msg: int, family: int, attrs: bytes = b"") -> list[Event | int]:
         s.close()
 
 
+def rule_digest(family: str, table: str, chain: str, handle: int) -> str | None:
+    """sha256 of one rule's expressions as the kernel holds them (a GETRULE of that handle), or
+    None if the chain has no rule with that handle."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        s.bind((0, 0))
+        attrs = _nla_str(1, table) + _nla_str(2, chain) + struct.pack("=HH", 12, 3) + struct.pack(">Q", handle)
+        s.send(struct.pack("=IHHII", 20 + len(attrs), SUBSYS | MSG_GETRULE, NLM_F_REQUEST, 1, 0)
+               + struct.pack("=BBH", NFPROTO[family], 0, 0) + attrs)
+        r, _, _ = select.select([s], [], [], 2.0)
+        if not r:
+            return None
+        buf = bytearray(1 << 16)
+        n = s.recv_into(buf)
+    finally:
+        s.close()
+    if n < 20:
+        return None
+    ln, ty = struct.unpack_from("=IH", buf, 0)
+    if ty & 0xFF != MSG_NEWRULE or ty & 0xFF00 != SUBSYS:
+        if ty == NLMSG_ERROR and -struct.unpack_from("=i", buf, 16)[0] == errno.EPERM:
+            raise EnvironmentProblem("listing nftables needs root (CAP_NET_ADMIN): run nftdocker as root")
+        return None
+    span = _attrs(buf, 20, min(ln, n)).get(4)
+    return hashlib.sha256(bytes(buf[span[0]:span[1]]) if span else b"").hexdigest()
+
+
+def anchors(views: dict[str, KTable | None], table: str) -> list[list[Any]] | None:
+    """What binds a stored view to the kernel: for every chain with rules, its first and last rule's
+    handle and the digest of what the kernel holds there. None when a handle is not known."""
+    out: list[list[Any]] = []
+    for fam, kt in views.items():
+        if kt is None:
+            continue
+        for name, kc in kt.chains.items():
+            for h in {kc.handles[0], kc.handles[-1]} if kc.handles else ():
+                if h is None:
+                    return None
+                out.append([fam, name, h, rule_digest(fam, table, name, h)])
+    return sorted(out)
+
+
 def _nla_str(ty: int, text: str) -> bytes:
     b = text.encode() + b"\0"
     return struct.pack("=HH", 4 + len(b), ty) + b + b"\0" * ((-len(b)) % 4)
@@ -409,33 +452,24 @@ def chain_names(family: str, table: str) -> list[str]:
     return [e.chain for e in _dump(MSG_GETCHAIN, NFPROTO[family]) if e.msg == MSG_NEWCHAIN and e.table == table]
 
 
-def rule_handles(family: str, table: str) -> dict[str, list[int | None]]:
-    """Per chain of ``table``, its rules' handles in order (one netlink dump, no expression parsed)."""
-    out: dict[str, list[int | None]] = {}
-    for e in _dump(MSG_GETRULE, NFPROTO[family], _nla_str(1, table)):
-        if e.msg == MSG_NEWRULE and e.table == table:
-            out.setdefault(e.chain, []).append(e.handle)
-    return out
-
-
 def table_handle(family: str, table: str) -> int | None:
     """The kernel's handle of ``table`` (unique until reboot), or None if it does not exist."""
     info = table_info(family, table)
     return info.handle if info is not None else None
 
 
-def check_owned(family: str, table: str) -> bool:
-    """Is ``table`` there (True) or not (False)? Raises UsageError for a table nftdocker did not
-    create (no :data:`kernel.TABLE_MARK` comment): nftdocker neither changes nor removes it."""
+def check_owned(family: str, table: str) -> Event | None:
+    """The table (as :func:`table_info`), or None if it is not there. Raises UsageError for a table
+    nftdocker did not create (no :data:`kernel.TABLE_MARK` comment): nftdocker neither changes nor removes it."""
     info = table_info(family, table)
     if info is None:
-        return False
+        return None
     if info.comment != kernel.TABLE_MARK:
         raise UsageError(
             f"table {family} {table} exists and was not created by nftdocker (its comment is not {kernel.TABLE_MARK!r}): "
             f"nftdocker neither replaces nor removes it; choose another --table (if it is an older nftdocker's "
             f"table, delete it once with: nft delete table {family} {table})")
-    return True
+    return info
 
 
 def netns_id() -> list[int]:
@@ -838,8 +872,8 @@ def _views_of(d: Any) -> dict[str, KTable | None]:
 def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, Any] | None] | None:
     """The views saved after our last commit here, if nothing has committed since; with its genid
     and checkpoint. The state is checked for shape, and bound to the kernel: the table's handle,
-    the ruleset generation, and every chain's rule handles (one netlink dump) must be what the
-    state says. Anything else is ignored (one line on stderr when the file is damaged or forged)."""
+    the ruleset generation, and the first and last rule of every chain (handle and a digest of the
+    kernel's expressions, one GETRULE each: :func:`anchors`) must be what the state says. Anything else is ignored (one line on stderr when the file is damaged or forged)."""
     path = _state_path(table)
     try:
         with open(path, "rb") as f:
@@ -865,11 +899,11 @@ def _stored_state(table: str) -> tuple[dict[str, KTable | None], int, dict[str, 
         kt = views[fam]
         if table_handle(fam, table) != (kt.handle if kt is not None else None):
             return None
-        if kt is not None:
-            have = rule_handles(fam, table)
-            if any(have.get(name, []) != kc.handles for name, kc in kt.chains.items()) or not set(have) <= set(kt.chains):
-                _ignored(path, f"its view of table {fam} {table} is not the kernel's")
-                return None
+
+    stored = d.get("anchors")
+    if stored is None or stored != anchors(views, table):
+        _ignored(path, f"its view of table {table} is not the kernel's (the first and last rule of each chain differ)")
+        return None
     cp = d.get("checkpoint")
     return views, genid, (cp if isinstance(cp, dict) else None)
 
@@ -908,7 +942,8 @@ def _store_views(table: str, views: dict[str, KTable | None] | None, genid: int 
         STATE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = path.with_suffix(".tmp")
         doc: dict[str, Any] = {"version": 1, "netns": netns_id(), "genid": genid,
-                               "tables": {f: (v.to_json() if v is not None else None) for f, v in views.items()}}
+                               "tables": {f: (v.to_json() if v is not None else None) for f, v in views.items()},
+                               "anchors": anchors(views, table)}
         if checkpoint is not None:
             doc["checkpoint"] = checkpoint
         tmp.write_text(json.dumps(doc, separators=(",", ":")))
@@ -1045,7 +1080,7 @@ def full(nft: kernel.Nft, gen: Generated, table: str, user_rules: urules.UserRul
     parts: list[Any] = []  # per family, what gives its commands one per line
     count = 0
     for fam in FAMILIES:
-        info = table_info(fam, table) if check_owned(fam, table) else None
+        info = check_owned(fam, table)
         kept = user_content(nft, fam, table, info) if info is not None else None
         if kept is not None:
             part = in_place(gen.rulesets[fam] if fam in fams else None, fam, table, kept, urules.rules_of(user_rules, fam))
