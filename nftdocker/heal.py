@@ -31,7 +31,6 @@ from . import kernel, user_rules as urules
 from .errors import KernelError
 from .incremental import (FAMILIES, MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
                           MSG_NEWTABLE, Event, Monitor)
-from .render import nft_chains
 
 USER_CHAIN = kernel.USER_CHAIN
 #: how long the reader waits on the socket before looking at the stop flag
@@ -221,12 +220,14 @@ def restore_commands(st: UserState, file_rules: int = 0) -> list[dict[str, Any]]
 
 
 def touches_ours(tamper: Tamper, gen: Any) -> bool:
-    """Did the commits delete or create the table, or change a chain nftdocker generates (other
+    """Did the commits delete or create the table, or change one of nftdocker's chains (other
     than DOCKER-USER)? If not, they were the user's own changes, to be kept."""
+    from .incremental import is_own_chain
+
     if tamper.lost:
         return True
-    ours = {f: {c.nft_name for c in nft_chains(rs)} - {USER_CHAIN} for f, rs in gen.rulesets.items()}
-    return any(e.msg in (MSG_DELTABLE, MSG_NEWTABLE) or e.chain in ours.get(e.family, ()) for e in tamper.events)
+    return any(e.msg in (MSG_DELTABLE, MSG_NEWTABLE) or (e.chain != USER_CHAIN and is_own_chain(e.chain))
+               for e in tamper.events)
 
 
 @dataclass

@@ -1158,25 +1158,22 @@ def in_place(rs: Ruleset | None, fam: str, table: str, kept: Kept,
         return tx
     keep_user = USER_CHAIN in kept.own
     file_rules = file_rules or []
-    chains = nft_chains(rs)
-    for c in chains:
-        if not (c.nft_name == USER_CHAIN and keep_user):
-            hdr = chain_header(c)
-            tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
-    for c in chains:
-        if c.nft_name == USER_CHAIN and keep_user:
+
+    def user_chain(t: kernel.Transaction, c: Chain) -> None:
+        if keep_user:  # the user's rules stay; the file's are replaced at its head
             for h in kept.tagged:
-                tx.add(f"delete rule {fam} {table} {USER_CHAIN} handle {h}")
+                t.add(f"delete rule {fam} {table} {USER_CHAIN} handle {h}")
             for r in reversed(file_rules):
-                tx.add(f"insert rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
+                t.add(f"insert rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
             if not kept.has_return:
-                tx.add(f"add rule {fam} {table} {USER_CHAIN} return", "setupUserChain")
-            continue
-        if c.nft_name == USER_CHAIN:
-            for r in file_rules:
-                tx.add(f"add rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
+                t.add(f"add rule {fam} {table} {USER_CHAIN} return", "setupUserChain")
+            return
+        for r in file_rules:
+            t.add(f"add rule {fam} {table} {USER_CHAIN} {r.command_text}", f"--user-rules {r.where}")
         for r in c.rules:
-            tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
+            t.add(f"add rule {fam} {table} {USER_CHAIN} {rule_text(r, rs, c.table)}", r.origin or USER_CHAIN)
+
+    tx.extend(kernel.chain_commands(rs, table, user_chain, create_user_chain=not keep_user))
     return tx
 
 

@@ -258,6 +258,27 @@ class Transaction:
         self.origins.update({base + k: v for k, v in part.origins.items()})
 
 
+def chain_commands(rs: Ruleset, table: str, user_chain: Any = None, create_user_chain: bool = True) -> Transaction:
+    """``add chain`` then ``add rule`` commands for the ruleset's chains, in Docker's order.
+
+    ``user_chain(tx, chain)``, when given, writes ``filter-DOCKER-USER``'s commands instead of its
+    generated rules; ``create_user_chain`` False leaves that chain's ``add chain`` out (it is kept)."""
+    tx = Transaction()
+    fam = rs.family
+    chains = nft_chains(rs)
+    for c in chains:
+        if create_user_chain or c.nft_name != USER_CHAIN:
+            hdr = chain_header(c)
+            tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
+    for c in chains:
+        if c.nft_name == USER_CHAIN and user_chain is not None:
+            user_chain(tx, c)
+            continue
+        for r in c.rules:
+            tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
+    return tx
+
+
 def full_transaction(rs: Ruleset, table: str, exists: bool, user: list[tuple[str, str]] | None = None) -> Transaction:
     """Replace one family's table: [add + delete] + add table (marked), chains, then rules (Docker's order).
 
@@ -268,16 +289,14 @@ def full_transaction(rs: Ruleset, table: str, exists: bool, user: list[tuple[str
         tx.add(f"add table {fam} {table}")
         tx.add(f"delete table {fam} {table}")
     tx.add(f"add table {fam} {table} {{ {TABLE_COMMENT} }}")
-    chains = nft_chains(rs)
-    for c in chains:
-        hdr = chain_header(c)
-        tx.add(f"add chain {fam} {table} {c.nft_name}" + (f" {{ {hdr} }}" if hdr else ""), f"chain {c.nft_name}")
-    for c in chains:
-        if c.nft_name == USER_CHAIN:
-            for text, origin in user or ():
-                tx.add(f"add rule {fam} {table} {USER_CHAIN} {text}", origin)
+
+    def user_chain(t: Transaction, c: Any) -> None:
+        for text, origin in user or ():
+            t.add(f"add rule {fam} {table} {USER_CHAIN} {text}", origin)
         for r in c.rules:
-            tx.add(f"add rule {fam} {table} {c.nft_name} {rule_text(r, rs, c.table)}", r.origin or c.nft_name)
+            t.add(f"add rule {fam} {table} {USER_CHAIN} {rule_text(r, rs, c.table)}", r.origin or USER_CHAIN)
+
+    tx.extend(chain_commands(rs, table, user_chain))
     return tx
 
 
