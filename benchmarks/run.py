@@ -81,7 +81,7 @@ def flush_ns(ns: str, legacy: bool = False) -> None:
 
 @atexit.register
 def _remove_ns() -> None:
-    from nftdocker import incremental
+    from nftdocker.nft import incremental
 
     for name in _made:
         incremental.forget(name)
@@ -142,9 +142,9 @@ def scenario_files(tmp: Path, n: int) -> tuple[Path, Path]:
 RENDER_CHILD = r"""
 import gc, json, resource, sys, time
 gc.disable()  # as nftdocker's one-shot commands run (nftdocker.cli.ONE_SHOT)
-from nftdocker.scenario import load
-from nftdocker.generate import generate
-from nftdocker.render import render_nft
+from nftdocker.scenario.load import load
+from nftdocker.docker.generate import generate
+from nftdocker.nft.render import render_nft
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 ru = resource.getrusage(resource.RUSAGE_SELF)
 c0 = ru.ru_utime + ru.ru_stime
@@ -174,8 +174,9 @@ def bench_render(path: Path, runs: int, budget: float) -> dict[str, Any]:
 
 
 def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[str, Any]:
-    from nftdocker import incremental, kernel
-    from nftdocker.render import render_nft
+    from nftdocker.nft import incremental
+    from nftdocker.nft import kernel
+    from nftdocker.nft.render import render_nft
 
     sc = synthetic.host(n, M, K)
     gen = incremental.generate_fast(sc)
@@ -239,7 +240,7 @@ def bench_add_process(n: int, ns: str, tmp: Path, runs: int, budget: float) -> d
 
 
 def bench_add_long_running(n: int, ns: str, adds: int) -> dict[str, Any]:
-    from nftdocker import incremental
+    from nftdocker.nft import incremental
 
     flush_ns(ns)
     sc = synthetic.host(n, M, K)
@@ -259,7 +260,7 @@ def bench_add_long_running(n: int, ns: str, adds: int) -> dict[str, Any]:
 def bench_replay_only(n: int, adds: int) -> float:
     """The long-running path's own work for one added container (Docker's calls replayed on the kept
     model, no kernel): median seconds per container."""
-    from nftdocker import incremental
+    from nftdocker.nft import incremental
 
     sc = synthetic.host(n, M, K)
     fw = incremental.IndexedFirewall(sc)
@@ -291,7 +292,7 @@ def bench_kernel_commit(ns: str, rules: int, reps: int = 15) -> dict[str, float]
     """
     import nftables  # type: ignore[import-not-found]
 
-    from nftdocker import kernel
+    from nftdocker.nft import kernel
 
     flush_ns(ns)
     out: dict[str, float] = {}
@@ -376,8 +377,8 @@ def replay(ns: str, tmp: Path, calls: list[list[str]]) -> float:
 
 
 def bench_docker(n: int, ns: str, tmp: Path, full_limit: int, sample: int) -> dict[str, Any]:
-    from nftdocker import incremental
-    from nftdocker.compat import save_text
+    from nftdocker.nft import incremental
+    from nftdocker.compat.translate import save_text
 
     gen = incremental.generate_fast(synthetic.host(n, M, K))
     out: dict[str, Any] = {"tool": "iptables-legacy / ip6tables-legacy (x_tables)", "families": {}}

@@ -21,7 +21,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from nftdocker.model import Container, PortSpec, Scenario  # noqa: E402
-from nftdocker.scenario import loads  # noqa: E402
+from nftdocker.scenario.load import loads  # noqa: E402
 
 BASE4 = IPv4Network("198.18.0.0/15")
 BASE6 = IPv6Network("2001:db8::/32")

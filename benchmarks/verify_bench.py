@@ -17,9 +17,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nftdocker import verify as vf  # noqa: E402
-from nftdocker.generate import generate  # noqa: E402
-from nftdocker.scenario import load  # noqa: E402
+from nftdocker.verify import verify as vf  # noqa: E402
+from nftdocker.docker.generate import generate  # noqa: E402
+from nftdocker.scenario.load import load  # noqa: E402
 
 
 def scenario_path(case: str) -> Path:

@@ -1,3 +1,3 @@
-from .cli import main
+from nftdocker.cli.main import main
 
 raise SystemExit(main())

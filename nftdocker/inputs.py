@@ -15,7 +15,7 @@ import stat
 import sys
 from pathlib import Path
 
-from .errors import ScenarioError
+from nftdocker.errors import ScenarioError
 
 MAX_BYTES = 64 * 1024 * 1024
 STDIN = "-"

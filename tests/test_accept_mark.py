@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from conftest import CASES, RULESETS, needs_netns, run_cli
-from nftdocker import accept_mark
-from nftdocker.compat import compat_of, rulesets_from_json
+from nftdocker.host import accept_mark
+from nftdocker.compat.translate import compat_of, rulesets_from_json
 from nftdocker.errors import UsageError
-from nftdocker.generate import generate
-from nftdocker.ir import Verdict
-from nftdocker.render import render_json_objects, render_nft, rule_text
-from nftdocker.scenario import load
+from nftdocker.docker.generate import generate
+from nftdocker.nft.ir import Verdict
+from nftdocker.nft.render import render_json_objects, render_nft, rule_text
+from nftdocker.scenario.load import load
 
 MARK = (0x100, 0xFF00)
 MARK_ARG = "0x100/0xff00"
@@ -178,7 +178,7 @@ def _nft(ns: str, *args: str, stdin: str | None = None) -> str:
 @needs_netns
 @pytest.mark.netns
 def test_kernel_round_trip(netns):
-    from nftdocker import incremental
+    from nftdocker.nft import incremental
 
     sc = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
     try:
@@ -283,8 +283,8 @@ def packets_ok():
 
 @pytest.mark.netns
 def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
-    from nftdocker import incremental
-    from nftdocker import verify as vf
+    from nftdocker.nft import incremental
+    from nftdocker.verify import verify as vf
 
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO)
@@ -346,8 +346,8 @@ def test_watch_marks_what_it_loads(netns, tmp_path):
     pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
     from conftest import SHARED_REFERENCE
     from fake_engine import FakeEngine
-    from nftdocker import incremental
-    from nftdocker.watch import Watcher
+    from nftdocker.nft import incremental
+    from nftdocker.live.watch import Watcher
 
     dump = json.loads((SHARED_REFERENCE / "multi" / "docker-inspect.json").read_text())
     with FakeEngine(tmp_path / "d.sock", dump, version="28.0.1") as engine:
@@ -364,7 +364,7 @@ def test_watch_marks_what_it_loads(netns, tmp_path):
             stats = w.applier.apply(w._generate(), w.current)
             assert (stats.mode, stats.commands) == ("noop", 0)
             # self-healing puts the marked rules back, and then finds nothing to do
-            from nftdocker.heal import restore
+            from nftdocker.live.heal import restore
 
             ct = json.loads(_nft(netns, "-j", "-a", "list", "chain", "ip", "nftdocker", "filter-DOCKER-CT"))
             handle = next(o["rule"]["handle"] for o in ct["nftables"] if "rule" in o)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from nftdocker.compat import save_text
+from nftdocker.compat.translate import save_text
 from nftdocker.errors import GenerationError
-from nftdocker.generate import generate
-from nftdocker.scenario import loads
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import loads
 
 NET1 = '''
 [[networks]]

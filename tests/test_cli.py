@@ -105,7 +105,7 @@ def test_usage_error_exits_2():
 def test_pure_commands_need_only_the_standard_library():
     code = (
         "import sys, runpy; sys.argv=['nftdocker','compat',%r];"
-        "import nftdocker.cli as c; rc=c.main(sys.argv[1:]);"
+        "import nftdocker.cli.main as c; rc=c.main(sys.argv[1:]);"
         "bad=[m for m in ('nftables','pyroute2','docker') if m in sys.modules]; print('LOADED', bad); sys.exit(rc)"
     ) % str(SEED)
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)

@@ -8,10 +8,10 @@ from ipaddress import ip_address
 
 import pytest
 
-from nftdocker.compat import compat_of
+from nftdocker.compat.translate import compat_of
 from nftdocker.errors import GenerationError, ScenarioError
-from nftdocker.generate import generate
-from nftdocker.scenario import load, loads
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load, loads
 
 NET = """
 [[networks]]

@@ -14,7 +14,7 @@ from conftest import SHARED_REFERENCE, needs_netns
 from conftest import run_cli as run
 from fake_engine import FakeEngine
 from nftdocker import DOCKER_ENGINE_VERSION, __version__
-from nftdocker.live import engine_warning, scenario_from_live
+from nftdocker.live.engine import engine_warning, scenario_from_live
 
 CASE = "multi"
 DUMP = json.loads((SHARED_REFERENCE / CASE / "docker-inspect.json").read_text())
@@ -111,7 +111,7 @@ def test_apply_json_lists_the_warning(engines, netns):
 
 @needs_netns
 def test_watch_warns_once_per_engine_version(engines, netns):
-    from nftdocker.watch import Watcher
+    from nftdocker.live.watch import Watcher
 
     old, _ = engines
     logs: list[str] = []

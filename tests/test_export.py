@@ -1,4 +1,4 @@
-"""nftdocker.export: a Scenario as a scenario file that reproduces its rulesets exactly."""
+"""nftdocker.scenario.write: a Scenario as a scenario file that reproduces its rulesets exactly."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from conftest import CASES, RULESETS
-from nftdocker import scenario as sc
-from nftdocker.compat import compat_text
-from nftdocker.export import dumps, export_scenario, scenario_document
-from nftdocker.generate import generate
-from nftdocker.render import render_json_objects
+from nftdocker.scenario import load as sc
+from nftdocker.compat.translate import compat_text
+from nftdocker.scenario.write import dumps, export_scenario, scenario_document
+from nftdocker.docker.generate import generate
+from nftdocker.nft.render import render_json_objects
 
 SCENARIO_FILES = sorted(
     str(p.relative_to(RULESETS)) for case in CASES for p in (RULESETS / case).glob("*.toml")
@@ -158,7 +158,7 @@ def test_export_needs_only_the_standard_library():
 
     code = (
         "import sys; sys.modules['tomli_w'] = None; sys.modules['docker'] = None\n"
-        "from nftdocker import scenario, export\n"
+        "from nftdocker.scenario import load as scenario, write as export\n"
         f"print(export.export_scenario(scenario.load({str(RULESETS / 'multi' / 'scenario.toml')!r})))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from conftest import CASES, COMPAT, RULESETS
-from nftdocker.compat import compat_text
-from nftdocker.generate import generate
-from nftdocker.render import render_json, render_json_objects, render_nft
-from nftdocker.scenario import load
+from nftdocker.compat.translate import compat_text
+from nftdocker.docker.generate import generate
+from nftdocker.nft.render import render_json, render_json_objects, render_nft
+from nftdocker.scenario.load import load
 
 
 @pytest.mark.parametrize("case", CASES)

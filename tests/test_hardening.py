@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, RULESETS, is_root, needs_netns, run_cli
-from nftdocker import incremental as inc
-from nftdocker import kernel
+from nftdocker.nft import incremental as inc
+from nftdocker.nft import kernel
 from nftdocker.errors import EnvironmentProblem, UsageError
-from nftdocker.generate import generate
-from nftdocker.scenario import load
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 MULTI = RULESETS / "multi" / "scenario.toml"
@@ -179,7 +179,7 @@ def test_netns_takes_names_not_paths(name, tmp_path):
 @pytest.mark.netns
 @needs_netns
 def test_the_lock_is_the_namespace_not_its_name(netns):
-    code = ("import sys; from nftdocker import kernel, errors\n"
+    code = ("import sys; from nftdocker import errors; from nftdocker.nft import kernel\n"
             "try:\n    with kernel.lock(None, timeout=0.3): print('got it')\n"
             "except errors.EnvironmentProblem as e: print(e)")
     with kernel.lock(netns):
@@ -236,7 +236,7 @@ def test_cli_says_one_line_when_run_dir_is_a_file(tmp_path):
         pytest.skip("needs root")
     f = tmp_path / "afile"
     f.write_text("")
-    code = (f"import sys; from nftdocker import kernel, cli; kernel.LOCK_DIR = __import__('pathlib').Path({str(f)!r});"
+    code = (f"import sys; from nftdocker.nft import kernel; from nftdocker.cli import main as cli; kernel.LOCK_DIR = __import__('pathlib').Path({str(f)!r});"
             f" sys.exit(cli.main(['remove', '--netns', 'nftd-none-such']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -28,11 +28,11 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
 from conftest import RULESETS, needs_netns
-from nftdocker import kernel
-from nftdocker.generate import generate
-from nftdocker.heal import KernelWatch, read_user_state, restore
-from nftdocker.scenario import load
-from nftdocker.watch import Watcher
+from nftdocker.nft import kernel
+from nftdocker.docker.generate import generate
+from nftdocker.live.heal import KernelWatch, read_user_state, restore
+from nftdocker.scenario.load import load
+from nftdocker.live.watch import Watcher
 
 TABLE = "nftdocker"
 LIMIT = 1.0  # seconds: the table must be back within this

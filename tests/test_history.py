@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import needs_netns, run_cli
-from nftdocker import incremental as inc
-from nftdocker.compat import compat_of
+from nftdocker.nft import incremental as inc
+from nftdocker.compat.translate import compat_of
 from nftdocker.errors import ScenarioError
-from nftdocker.export import export_scenario
-from nftdocker.generate import generate
-from nftdocker.scenario import loads
+from nftdocker.scenario.write import export_scenario
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import loads
 
 BASE = """
 [daemon]

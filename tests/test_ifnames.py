@@ -19,15 +19,15 @@ from pathlib import Path
 import pytest
 
 from conftest import RULESETS, needs_netns, run_cli
-from nftdocker import incremental as inc
-from nftdocker import kernel
-from nftdocker.compat import compat_of, compat_text, parse_expr, rulesets_from_json
+from nftdocker.nft import incremental as inc
+from nftdocker.nft import kernel
+from nftdocker.compat.translate import compat_of, compat_text, parse_expr, rulesets_from_json
 from nftdocker.errors import CompatError, GenerationError
-from nftdocker.generate import generate
-from nftdocker.ir import Iface, Rule, Ruleset, Verdict
-from nftdocker.reference import diff
-from nftdocker.render import render_json_objects, render_nft, rule_expr, rule_text
-from nftdocker.scenario import load, loads
+from nftdocker.docker.generate import generate
+from nftdocker.nft.ir import Iface, Rule, Ruleset, Verdict
+from nftdocker.compat.reference import diff
+from nftdocker.nft.render import render_json_objects, render_nft, rule_expr, rule_text
+from nftdocker.scenario.load import load, loads
 
 from test_verify import netns_ok  # noqa: F401  (the fixture: root, tools, no namespaces left behind)
 
@@ -253,7 +253,7 @@ def test_applied_star_bridge_matches_only_itself_and_round_trips(netns):
 
 @pytest.mark.netns
 def test_star_bridge_verifies_against_legacy_iptables(netns_ok, tmp_path, capsys):  # noqa: F811
-    from nftdocker import cli
+    from nftdocker.cli import main as cli
 
     assert cli.main(["verify", str(write(tmp_path, "n*")), "--json"]) == 0, capsys.readouterr().out
     report = json.loads(capsys.readouterr().out)

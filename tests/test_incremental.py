@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RULESETS, needs_netns
-from nftdocker import incremental as inc
-from nftdocker import kernel
-from nftdocker.generate import generate
-from nftdocker.render import render_nft
-from nftdocker.scenario import load, loads
+from nftdocker.nft import incremental as inc
+from nftdocker.nft import kernel
+from nftdocker.docker.generate import generate
+from nftdocker.nft.render import render_nft
+from nftdocker.scenario.load import load, loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import synthetic  # noqa: E402

@@ -19,10 +19,11 @@ from hypothesis import strategies as st
 
 from conftest import COMPAT, ROOT, RULESETS, SHARED_REFERENCE
 from conftest import run_cli as run
-from nftdocker import cli, inputs
+from nftdocker.cli import main as cli
+from nftdocker import inputs
 from nftdocker.errors import EnvironmentProblem, GenerationError, ScenarioError, UsageError
-from nftdocker.generate import generate
-from nftdocker.scenario import _Ctx, from_document
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import _Ctx, from_document
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 SEED_DOC = COMPAT / "usernet-portmap-noproxy" / "iptablesdoc.txt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import SHARED_REFERENCE, run_cli
-from nftdocker.reference import parse
+from nftdocker.compat.reference import parse
 
 DOCS = SHARED_REFERENCE.parent / "iptablesdoc"
 PAGES = sorted(p.stem for p in DOCS.glob("*.md") if p.stem != "README") if DOCS.is_dir() else []

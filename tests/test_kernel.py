@@ -13,11 +13,12 @@ import sys
 import pytest
 
 from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns, run_cli
-from nftdocker import cli, kernel
-from nftdocker.compat import compat_text
+from nftdocker.cli import main as cli
+from nftdocker.nft import kernel
+from nftdocker.compat.translate import compat_text
 from nftdocker.errors import ApplyError, EnvironmentProblem, UsageError
-from nftdocker.generate import generate
-from nftdocker.scenario import load
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load
 
 pytestmark = [pytest.mark.netns, needs_netns]
 
@@ -83,7 +84,7 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
 
 
 def test_refusal_exits_3_from_the_cli(netns, monkeypatch, capsys):
-    from nftdocker import incremental
+    from nftdocker.nft import incremental
 
     real = incremental._apply_in
     loop = kernel.Transaction()

@@ -1,4 +1,4 @@
-"""nftdocker.live against a real dockerd in a network namespace of its own (tests/dockerd.py).
+"""nftdocker.live.engine against a real dockerd in a network namespace of its own (tests/dockerd.py).
 
 The daemon tests need root and Debian's docker.io, containerd, runc and busybox-static; without
 them they are skipped with the reason. The tests of an absent or hung daemon need neither.
@@ -22,7 +22,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
 from nftdocker.errors import DockerError
-from nftdocker.live import events, fetch_inspect
+from nftdocker.live.engine import events, fetch_inspect
 
 # name -> subnet; the bridge device is named after the network
 NETWORKS = {"bridgeA": "192.0.2.0/24", "bridgeB": "198.51.100.0/24"}
@@ -133,7 +133,7 @@ def test_stopped_containers_are_left_out(daemon):
 
 @pytest.mark.docker
 def test_live_dump_loads_as_a_scenario(daemon, tmp_path):
-    scenario = pytest.importorskip("nftdocker.scenario")
+    scenario = pytest.importorskip("nftdocker.scenario.load")
     (tmp_path / "docker-inspect.json").write_text(json.dumps(fetch_inspect(daemon.host)))
     (tmp_path / "scenario.toml").write_text('docker-inspect = "docker-inspect.json"\n')
     s = scenario.load(tmp_path / "scenario.toml")
@@ -144,8 +144,8 @@ def test_live_dump_loads_as_a_scenario(daemon, tmp_path):
 
 @pytest.mark.docker
 def test_scenario_from_live(daemon, tmp_path):
-    pytest.importorskip("nftdocker.scenario")
-    from nftdocker.live import scenario_from_live
+    pytest.importorskip("nftdocker.scenario.load")
+    from nftdocker.live.engine import scenario_from_live
 
     cfg = tmp_path / "daemon.json"
     cfg.write_text(json.dumps({"userland-proxy": False, "iptables": False, "log-level": "warn"}))

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 
 from conftest import CASES, COMPAT, RULESETS, SHARED_REFERENCE, strip_comments
-from nftdocker.compat import compat_of
-from nftdocker.generate import generate
-from nftdocker.scenario import load
+from nftdocker.compat.translate import compat_of
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load
 
 FAMILIES = {"ip": "iptables-save.txt", "ip6": "ip6tables-save.txt"}
 

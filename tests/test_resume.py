@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import RULESETS
-from nftdocker import resume
+from nftdocker.docker import checkpoint as resume
 from nftdocker.errors import NftdockerError
-from nftdocker.generate import Firewall, generate
-from nftdocker.incremental import wanted
-from nftdocker.scenario import load, loads
+from nftdocker.docker.generate import Firewall, generate
+from nftdocker.nft.incremental import wanted
+from nftdocker.scenario.load import load, loads
 
 
 def keys_of(gen) -> dict[str, dict[str, list[str]] | None]:

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from nftdocker.errors import GenerationError, ScenarioError
-from nftdocker.generate import generate
+from nftdocker.docker.generate import generate
 from nftdocker.model import PortSpec
-from nftdocker.scenario import _Ctx, from_document, loads, parse_publish
+from nftdocker.scenario.load import _Ctx, from_document, loads, parse_publish
 
 SEED = """
 [daemon]

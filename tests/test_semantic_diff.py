@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import COMPAT, RULESETS, run_cli
-from nftdocker import reference
-from nftdocker.chain_eval import evaluate
-from nftdocker.semantic import Packet, overlap, parse_rule
-from nftdocker.semantic_diff import compare
+from nftdocker.compat import reference
+from nftdocker.compat.chain_eval import evaluate
+from nftdocker.compat.semantic import Packet, overlap, parse_rule
+from nftdocker.compat.semantic_diff import compare
 
 CAPTURES = sorted(p for base in (RULESETS, COMPAT) for p in base.glob("*/ip*tables-save.txt"))
 

@@ -13,10 +13,10 @@ import shutil
 import pytest
 
 from conftest import RULESETS
-from nftdocker import cli
-from nftdocker import verify as vf
-from nftdocker.generate import generate
-from nftdocker.scenario import load
+from nftdocker.cli import main as cli
+from nftdocker.verify import verify as vf
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load
 from test_semantic_diff import PAIRED, _drop_first, _id, _reorder, _scenario, _version
 
 pytestmark = pytest.mark.netns

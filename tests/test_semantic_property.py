@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nftdocker import verify as vf
-from nftdocker.compat import compat_of
-from nftdocker.generate import generate
-from nftdocker.ir import BUILTIN_CHAINS
-from nftdocker.reference import parse
-from nftdocker.chain_eval import evaluate
-from nftdocker.semantic import Hints, candidates, parse_rule
-from nftdocker.semantic_diff import compare
+from nftdocker.verify import verify as vf
+from nftdocker.compat.translate import compat_of
+from nftdocker.docker.generate import generate
+from nftdocker.nft.ir import BUILTIN_CHAINS
+from nftdocker.compat.reference import parse
+from nftdocker.compat.chain_eval import evaluate
+from nftdocker.compat.semantic import Hints, candidates, parse_rule
+from nftdocker.compat.semantic_diff import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import synthetic  # noqa: E402

@@ -23,12 +23,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, RULESETS, needs_netns, run_cli
-from nftdocker import heal, kernel
-from nftdocker import incremental as inc
-from nftdocker import user_rules as ur
+from nftdocker.live import heal
+from nftdocker.nft import kernel
+from nftdocker.nft import incremental as inc
+from nftdocker.host import user_rules as ur
 from nftdocker.errors import ScenarioError
-from nftdocker.generate import generate
-from nftdocker.scenario import load
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import load
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 V6 = RULESETS / "ipv6" / "scenario.toml"
@@ -405,7 +406,7 @@ def test_watch_loads_the_file_and_restores_it_after_a_flush(netns, rules_file, t
 
     from conftest import SHARED_REFERENCE
     from fake_engine import FakeEngine
-    from nftdocker.watch import Watcher
+    from nftdocker.live.watch import Watcher
 
     dump = json.loads((SHARED_REFERENCE / "multi" / "docker-inspect.json").read_text())
     bad = tmp_path / "bad.nft"

@@ -21,10 +21,10 @@ from unittest import mock
 
 import pytest
 
-from nftdocker import verify as vf
-from nftdocker.generate import generate, sysctl_path
-from nftdocker.ir import Dnat, Masquerade, Verdict
-from nftdocker.scenario import load
+from nftdocker.verify import verify as vf
+from nftdocker.docker.generate import generate, sysctl_path
+from nftdocker.nft.ir import Dnat, Masquerade, Verdict
+from nftdocker.scenario.load import load
 
 from conftest import ROOT as REPO
 from conftest import SHARED_REFERENCE as REFERENCE
@@ -52,7 +52,7 @@ def _gen(case_or_path: str | Path):
 
 
 def _main(argv: list[str]) -> int:
-    from nftdocker import cli
+    from nftdocker.cli import main as cli
 
     return cli.main(argv)
 
@@ -407,7 +407,7 @@ def test_errors_and_interrupts_clean_up(netns_ok, tmp_path):
 
 @pytest.mark.netns
 def test_sigterm_cleans_up(netns_ok):
-    code = "import sys; from nftdocker import cli; sys.exit(cli.main(sys.argv[1:]))"
+    code = "import sys; from nftdocker.cli import main as cli; sys.exit(cli.main(sys.argv[1:]))"
     # a long timeout keeps the run in its probe phase while the signal arrives
     proc = subprocess.Popen([sys.executable, "-c", code, "verify", str(CASES[SEED] / "scenario.toml"), "--timeout", "20"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)

@@ -27,11 +27,11 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
-from nftdocker import kernel
-from nftdocker.compat import compat_of, compat_text
-from nftdocker.generate import generate
-from nftdocker.live import engine_warning, scenario_from_live
-from nftdocker.watch import Watcher, _describe, _rule_diff
+from nftdocker.nft import kernel
+from nftdocker.compat.translate import compat_of, compat_text
+from nftdocker.docker.generate import generate
+from nftdocker.live.engine import engine_warning, scenario_from_live
+from nftdocker.live.watch import Watcher, _describe, _rule_diff
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "nftdocker"
@@ -45,9 +45,9 @@ HTTPD = "echo hello-from-{name} > /var/www/index.html && exec httpd -f -p 80 -h 
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    """The nftdocker CLI with export/watch registered (python -m nftdocker.live_cli)."""
+    """The nftdocker CLI with export/watch registered (python -m nftdocker.cli.live)."""
     kw.setdefault("timeout", 60)
-    return subprocess.run([sys.executable, "-m", "nftdocker.live_cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nftdocker.cli.live", *args], capture_output=True, text=True,
                           cwd=ROOT, **kw)
 
 
@@ -113,7 +113,7 @@ def test_compat_from_live_daemon_equals_compat_from_inspect_dump(daemon, tmp_pat
     (tmp_path / "dump.json").write_text(daemon.docker("inspect", *net_ids, *ctr_ids).stdout)
     (tmp_path / "scenario.toml").write_text('docker-inspect = "dump.json"\n\n[daemon]\nuserland-proxy = false\n')
 
-    from nftdocker import scenario as sc
+    from nftdocker.scenario import load as sc
 
     live = _compat(scenario_from_live(daemon.host, cfg))
     dumped = _compat(sc.load(tmp_path / "scenario.toml"))
@@ -137,7 +137,7 @@ def test_export_from_live_daemon_round_trips(daemon, tmp_path):
              "--ipv4-forwarding", "false", "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
-    from nftdocker import scenario as sc
+    from nftdocker.scenario import load as sc
 
     s = sc.load(out)
     assert s.host.ipv4_forwarding is False and s.daemon.userland_proxy is False
@@ -280,7 +280,7 @@ def test_watch_command_stops_cleanly_on_sigterm(daemon, logs):
     version = daemon.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
     warning = engine_warning(daemon.host, version)
     p = subprocess.Popen(
-        [sys.executable, "-m", "nftdocker.live_cli", "watch", "--docker-host", daemon.host, "--netns", daemon.netns,
+        [sys.executable, "-m", "nftdocker.cli.live", "watch", "--docker-host", daemon.host, "--netns", daemon.netns,
          "--table", table, "--daemon-config", daemon.nftdocker_config] + (["--json"] if logs == "json" else []),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -355,7 +355,7 @@ def test_describe_folds_a_containers_network_events():
 
 
 def test_rule_diff_counts_rules_per_chain():
-    from nftdocker import scenario as sc
+    from nftdocker.scenario import load as sc
 
     a = generate(sc.load(ROOT / "rulesets" / "usernet-portmap" / "scenario.toml")).rulesets
     b = generate(sc.load(ROOT / "rulesets" / "multi" / "scenario.toml")).rulesets
@@ -369,7 +369,7 @@ def test_rule_diff_counts_rules_per_chain():
 
 def test_a_sysctl_race_is_logged_not_fatal(monkeypatch):
     """A bridge port that vanishes while hairpin is set (pyroute2 raises) must not end the watcher."""
-    from nftdocker import scenario as sc
+    from nftdocker.scenario import load as sc
 
     calls = []
 

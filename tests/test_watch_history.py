@@ -22,12 +22,12 @@ try:
 except ImportError:  # tests/ is not a package
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
-from nftdocker import kernel
-from nftdocker.compat import compat_of, compat_text
-from nftdocker.export import export_scenario
-from nftdocker.generate import generate
-from nftdocker.scenario import loads
-from nftdocker.watch import Watcher
+from nftdocker.nft import kernel
+from nftdocker.compat.translate import compat_of, compat_text
+from nftdocker.scenario.write import export_scenario
+from nftdocker.docker.generate import generate
+from nftdocker.scenario.load import loads
+from nftdocker.live.watch import Watcher
 
 TABLE = "nftdocker"
 

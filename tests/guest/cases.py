@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, "/opt/nftdocker")
-from nftdocker import cli  # noqa: E402
+from nftdocker.cli import main as cli  # noqa: E402
 
 
 def uptime():

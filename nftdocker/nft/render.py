@@ -14,8 +14,8 @@ from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
 from typing import Any, assert_never
 
-from .errors import GenerationError
-from .ir import (
+from nftdocker.errors import GenerationError
+from nftdocker.nft.ir import (
     Addr,
     AddrTypeLocal,
     Chain,

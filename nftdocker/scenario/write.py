@@ -26,8 +26,8 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 from typing import Any
 
-from .errors import NftdockerError
-from .model import PROTO_ORDER, Container, Daemon, PortSpec, Scenario
+from nftdocker.errors import NftdockerError
+from nftdocker.model import PROTO_ORDER, Container, Daemon, PortSpec, Scenario
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 
@@ -52,7 +52,7 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     """The scenario file text for ``s``; see the module docstring."""
     if header is None:
         header = f"Exported by nftdocker from {s.source}; see shared/scenario-format.md"
-    from .generate import generate
+    from nftdocker.docker.generate import generate
 
     try:
         gen = generate(s)
@@ -79,7 +79,7 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
     bindings: dict[str, list[Any]] = {}
     if pin_ports or pin_addresses:
         if gen is None:
-            from .generate import generate
+            from nftdocker.docker.generate import generate
 
             gen = generate(s)
         for ep in gen.endpoints:
@@ -196,7 +196,7 @@ def _pinned_ports(c: Container, bindings: list[Any]) -> list[PortSpec]:
 def _same_order(before: list[PortSpec], after: list[PortSpec]) -> bool:
     """Whether Docker would sort and group the pinned bindings as it did the requested ones
     (exact ports sort before ranges, so pinning an ephemeral port can move it)."""
-    from .generate import _need_same_port, _pb_sort_key
+    from nftdocker.docker.generate import _need_same_port, _pb_sort_key
 
     def plan(specs: list[PortSpec]) -> list[tuple[int, bool]]:
         order = sorted(range(len(specs)), key=lambda i: _pb_sort_key(specs[i]))
@@ -247,14 +247,14 @@ def _publish_strings(specs: list[PortSpec]) -> list[str]:
 
 
 def _signature(gen: Any) -> Any:
-    from .render import render_json_objects
+    from nftdocker.nft.render import render_json_objects
 
     return render_json_objects(gen.rulesets)
 
 
 def _reproduces(text: str, want: Any) -> bool:
-    from .generate import generate
-    from .scenario import loads
+    from nftdocker.docker.generate import generate
+    from nftdocker.scenario.load import loads
 
     try:
         return _signature(generate(loads(text, source="<export>"))) == want

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .semantic import TERMINAL, Packet, Rule, matches
+from nftdocker.compat.semantic import TERMINAL, Packet, Rule, matches
 
 
 @dataclass(frozen=True)

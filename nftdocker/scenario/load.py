@@ -23,9 +23,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .errors import ScenarioError
-from .ir import gc_paused
-from .model import (
+from nftdocker.errors import ScenarioError
+from nftdocker.nft.ir import gc_paused
+from nftdocker.model import (
     DEFAULT_BRIDGE_NETWORK,
     Container,
     EVENT_KINDS,
@@ -621,7 +621,7 @@ def parse_container(ctx: _Ctx, raw: Any, i: int, network_names: set[str], where:
 
 def load(path: str | Path) -> Scenario:
     """Load a scenario file (``-``: standard input); raise ScenarioError on anything wrong."""
-    from .inputs import STDIN, STDIN_NAME, read_bytes
+    from nftdocker.inputs import STDIN, STDIN_NAME, read_bytes
 
     data = read_bytes(path, stdin=True)
     if str(path) == STDIN:
@@ -829,7 +829,7 @@ def _check_links(ctx: _Ctx, containers: list[Container]) -> None:
 
 def read_inspect(ctx: _Ctx, dump_path: Path) -> Any:
     """The JSON of the dump that ``docker-inspect`` names (read by ``inputs.read_bytes``)."""
-    from .inputs import read_bytes
+    from nftdocker.inputs import read_bytes
 
     try:
         data = read_bytes(dump_path)

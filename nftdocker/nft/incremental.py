@@ -58,14 +58,16 @@ from difflib import SequenceMatcher
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
-from . import kernel, resume, user_rules as urules
-from .accept_mark import apply as accept_marks
-from .compat import parse_expr
-from .errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
-from .generate import Firewall, Generated, Iptables
-from .ir import BUILTIN_CHAINS, Chain, Rule, Ruleset
-from .model import Container, Scenario
-from .render import DEFAULT_TABLE, chain_header, nft_chains, rule_text
+from nftdocker.nft import kernel
+from nftdocker.docker import checkpoint as resume
+from nftdocker.host import user_rules as urules
+from nftdocker.host.accept_mark import apply as accept_marks
+from nftdocker.compat.translate import parse_expr
+from nftdocker.errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
+from nftdocker.docker.generate import Firewall, Generated, Iptables
+from nftdocker.nft.ir import BUILTIN_CHAINS, Chain, Rule, Ruleset
+from nftdocker.model import Container, Scenario
+from nftdocker.nft.render import DEFAULT_TABLE, chain_header, nft_chains, rule_text
 
 USER_CHAIN = kernel.USER_CHAIN
 STATE_DIR = kernel.LOCK_DIR / "state"

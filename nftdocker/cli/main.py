@@ -17,8 +17,8 @@ import sys
 import tempfile
 from typing import Any, Callable, Sequence
 
-from . import DOCKER_ENGINE_VERSION, __version__
-from .errors import EnvironmentProblem, NftdockerError, UsageError
+from nftdocker import DOCKER_ENGINE_VERSION, __version__
+from nftdocker.errors import EnvironmentProblem, NftdockerError, UsageError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -86,7 +86,7 @@ def write_file(path: str, text: str) -> None:
 
 def read_reference(path: str) -> str:
     """A reference file's text (iptables rules, whatever the encoding), read by ``inputs.read_bytes``."""
-    from .inputs import read_bytes
+    from nftdocker.inputs import read_bytes
 
     return read_bytes(path).decode("utf-8", errors="replace")
 
@@ -112,7 +112,7 @@ def add_accept_mark_arg(p: argparse.ArgumentParser) -> None:
 
 def accept_mark_of(args: argparse.Namespace) -> tuple[int, int] | None:
     """``--accept-mark`` as (VALUE, MASK), or None; a bad one is a UsageError (one line, exit 2)."""
-    from .accept_mark import parse
+    from nftdocker.host.accept_mark import parse
 
     return None if args.accept_mark is None else parse(args.accept_mark)
 
@@ -128,7 +128,7 @@ def live_scenario(args: argparse.Namespace):
 
     Its warnings (an Engine that is not 28.x) are printed, one line each, on standard error and kept
     in ``args.warnings`` for the command's ``--json`` output."""
-    from .live import scenario_from_live
+    from nftdocker.live.engine import scenario_from_live
 
     args.warnings = []
     s = scenario_from_live(args.docker_host, args.daemon_config, args.ipv4_forwarding, args.ipv6_forwarding,
@@ -139,7 +139,7 @@ def live_scenario(args: argparse.Namespace):
 
 
 def load_scenario(args: argparse.Namespace):
-    from . import scenario as sc
+    from nftdocker.scenario import load as sc
 
     if getattr(args, "docker_host", None):
         if args.scenario:
@@ -151,10 +151,10 @@ def load_scenario(args: argparse.Namespace):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from .accept_mark import apply as accept_marks
-    from .generate import generate
-    from .kernel import check_table_name
-    from .render import render_json, render_nft
+    from nftdocker.host.accept_mark import apply as accept_marks
+    from nftdocker.docker.generate import generate
+    from nftdocker.nft.kernel import check_table_name
+    from nftdocker.nft.render import render_json, render_nft
 
     check_table_name(args.table)
     mark = accept_mark_of(args)
@@ -168,30 +168,30 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_compat(args: argparse.Namespace) -> int:
-    from .compat import compat_text
+    from nftdocker.compat.translate import compat_text
 
     family = "ip6" if args.ipv6 else "ip"
     if args.scenario or args.docker_host:
-        from .compat import compat_of
-        from .generate import generate
+        from nftdocker.compat.translate import compat_of
+        from nftdocker.docker.generate import generate
 
         _write(args, compat_of(generate(load_scenario(args)), family, args.table))
     else:
-        from .kernel import list_objects
+        from nftdocker.nft.kernel import list_objects
 
         _write(args, compat_text(list_objects(args.netns, args.table), family, args.table))
     return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from .compat import compat_of
-    from .generate import generate
-    from .reference import diff
+    from nftdocker.compat.translate import compat_of
+    from nftdocker.docker.generate import generate
+    from nftdocker.compat.reference import diff
 
     ref_text = read_reference(args.reference)
     ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     if args.semantic:
-        from .semantic_diff import compare
+        from nftdocker.compat.semantic_diff import compare
 
         res = compare(ours, ref_text, args.reference, version=6 if args.ipv6 else 4)
         print(json.dumps(res.to_json(), indent=2) if args.json else res.text(), end="\n" if args.json else "")
@@ -209,7 +209,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from . import incremental, user_rules
+    from nftdocker.nft import incremental
+    from nftdocker.host import user_rules
 
     mark = accept_mark_of(args)
     rules = user_rules.load(args.user_rules) if args.user_rules else None
@@ -230,7 +231,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     if res.sysctls is not None:
         report["sysctls"] = res.sysctls
     if mark is not None:
-        from .accept_mark import host_rule
+        from nftdocker.host.accept_mark import host_rule
 
         report["accept_mark"] = {"value": mark[0], "mask": mark[1], "host_rule": host_rule(mark)}
     if args.json:
@@ -255,7 +256,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from . import kernel
+    from nftdocker.nft import kernel
 
     fams = kernel.remove(args.netns, args.table)
     if args.json:
@@ -268,8 +269,8 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from . import kernel
-    from .compat import compat_text
+    from nftdocker.nft import kernel
+    from nftdocker.compat.translate import compat_text
 
     if args.format == "nft":
         _write(args, kernel.list_text(args.netns, args.table))
@@ -336,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("-o", "--output", metavar="FILE")
     sh.set_defaults(func=cmd_show)
 
-    from . import live_cli, verify_cli
+    from nftdocker.cli import live as live_cli
+    from nftdocker.cli import verify as verify_cli
 
     verify_cli.register(sub)
     live_cli.register(sub)

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from .errors import NftdockerError
-from .generate import Firewall
-from .model import Event, Scenario
+from nftdocker.errors import NftdockerError
+from nftdocker.docker.generate import Firewall
+from nftdocker.model import Event, Scenario
 
 
 class Unreplayable(Exception):
@@ -118,7 +118,7 @@ class EventReplay:
     # ------------------------------------------------------------------ one object, as Docker shows it
 
     def _container(self, ident: str) -> Any:
-        from . import scenario as sc
+        from nftdocker.scenario import load as sc
 
         obj = self.inspect("container", ident)
         if obj is None:
@@ -132,7 +132,7 @@ class EventReplay:
             raise Unreplayable(e.message) from None
 
     def _network(self, obj: dict[str, Any]) -> Any:
-        from . import scenario as sc
+        from nftdocker.scenario import load as sc
 
         ctx = sc._Ctx(f"network {str(obj.get('Id', ''))[:12]}")
         try:

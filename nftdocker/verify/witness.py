@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .semantic_diff import Witness
-from .verify import ECHO_PORT, Plan, Probe
+from nftdocker.compat.semantic_diff import Witness
+from nftdocker.verify.verify import ECHO_PORT, Plan, Probe
 
 
 @dataclass

@@ -14,12 +14,12 @@ import signal
 import sys
 from typing import Any
 
-from .errors import UsageError
+from nftdocker.errors import UsageError
 
 
 def register(sub: Any) -> None:
     """Add the ``verify`` subcommand to an argparse subparsers object."""
-    from .cli import add_scenario_args
+    from nftdocker.cli.main import add_scenario_args
 
     v = sub.add_parser(
         "verify",
@@ -47,12 +47,12 @@ def register(sub: Any) -> None:
 def _read_reference(path: str | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
-    from .cli import read_reference
+    from nftdocker.cli.main import read_reference
 
     text = read_reference(path)
     if re.search(r"^\*\w+\s*$", text, re.M) and re.search(r"^COMMIT\s*$", text, re.M):
         return text, path  # iptables-save text: restore it as it is
-    from .reference import canonical, parse
+    from nftdocker.compat.reference import canonical, parse
 
     return "\n".join(canonical(parse(text, path))) + "\n", path
 
@@ -70,9 +70,9 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from . import verify as vf
-    from .cli import load_scenario
-    from .generate import generate
+    from nftdocker.verify import verify as vf
+    from nftdocker.cli.main import load_scenario
+    from nftdocker.docker.generate import generate
 
     timeout = vf.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
     jobs = vf.DEFAULT_JOBS if args.jobs is None else args.jobs
@@ -91,9 +91,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     sent: list[Any] = []
     add_probes = None
     if args.witness:
-        from .compat import compat_of
-        from .semantic_diff import compare
-        from .witness_probes import plan_witnesses
+        from nftdocker.compat.translate import compat_of
+        from nftdocker.compat.semantic_diff import compare
+        from nftdocker.verify.witness import plan_witnesses
 
         for fam, text, name in (("ip", ref4, name4), ("ip6", ref6, name6)):
             if text is not None:
@@ -153,7 +153,7 @@ def _witness_report(report: Any, semantic: dict[str, Any], sent: list[Any]) -> t
 
 
 def _coverage(args: argparse.Namespace, gen: Any, timeout: float, jobs: int) -> int:
-    from . import verify as vf
+    from nftdocker.verify import verify as vf
 
     progress = None if args.json else (lambda line: print(line, flush=True))
     probes, rules = vf.coverage(gen, table=args.table, timeout=timeout, jobs=jobs, progress=progress)

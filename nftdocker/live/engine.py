@@ -172,9 +172,9 @@ def scenario_from_live(
     import json
     from pathlib import Path
 
-    from . import scenario as sc
-    from .errors import ScenarioError
-    from .inputs import read_bytes
+    from nftdocker.scenario import load as sc
+    from nftdocker.errors import ScenarioError
+    from nftdocker.inputs import read_bytes
 
     doc: dict[str, Any] = {}
     path = daemon_config or (DEFAULT_DAEMON_CONFIG if Path(DEFAULT_DAEMON_CONFIG).is_file() else None)

@@ -12,8 +12,8 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from .errors import ReferenceError_
-from .ir import BUILTIN_CHAINS, TABLE_ORDER
+from nftdocker.errors import ReferenceError_
+from nftdocker.nft.ir import BUILTIN_CHAINS, TABLE_ORDER
 
 
 @dataclass

@@ -28,9 +28,9 @@ import dataclasses
 import re
 from typing import Any
 
-from .errors import UsageError
-from .ir import Chain, Rule, Ruleset, Verdict
-from .render import MARK_BITS
+from nftdocker.errors import UsageError
+from nftdocker.nft.ir import Chain, Rule, Ruleset, Verdict
+from nftdocker.nft.render import MARK_BITS
 
 #: the iptables table whose accepts are marked, and the chain left alone (the user's)
 TABLE = "filter"

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_network
 from typing import Iterable, Iterator, Literal
 
-from .errors import GenerationError
-from .ir import (
+from nftdocker.errors import GenerationError
+from nftdocker.nft.ir import (
     Action,
     Addr,
     AddrTypeLocal,
@@ -38,7 +38,7 @@ from .ir import (
     host,
     rule,
 )
-from .model import (
+from nftdocker.model import (
     DEFAULT_BRIDGE_NETWORK,
     PROTO_ORDER,
     Binding,

@@ -27,9 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from . import kernel, user_rules as urules
-from .errors import KernelError
-from .incremental import (FAMILIES, MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
+from nftdocker.nft import kernel
+from nftdocker.host import user_rules as urules
+from nftdocker.errors import KernelError
+from nftdocker.nft.incremental import (FAMILIES, MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
                           MSG_NEWTABLE, Event, Monitor)
 
 USER_CHAIN = kernel.USER_CHAIN
@@ -166,7 +167,7 @@ def _bare(body: dict[str, Any]) -> dict[str, Any]:
 
 def read_user_state(netns: str | None, table: str, gen: Any) -> dict[str, UserState]:
     """The user's part of each loaded family's table now (families whose table is absent left out)."""
-    from .incremental import chain_names, is_own_chain
+    from nftdocker.nft.incremental import chain_names, is_own_chain
 
     out: dict[str, UserState] = {}
     with kernel.netns(netns):
@@ -222,7 +223,7 @@ def restore_commands(st: UserState, file_rules: int = 0) -> list[dict[str, Any]]
 def touches_ours(tamper: Tamper, gen: Any) -> bool:
     """Did the commits delete or create the table, or change one of nftdocker's chains (other
     than DOCKER-USER)? If not, they were the user's own changes, to be kept."""
-    from .incremental import is_own_chain
+    from nftdocker.nft.incremental import is_own_chain
 
     if tamper.lost:
         return True
@@ -253,7 +254,7 @@ def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[st
     last read) in a second, JSON transaction.
     Otherwise the applier sends only the difference (DOCKER-USER and the user's chains are its
     business, as on every change). None: nothing differed."""
-    from .incremental import table_handle
+    from nftdocker.nft.incremental import table_handle
 
     with kernel.netns(netns):
         missing = [f for f in gen.families() if table_handle(f, table) is None]

@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import ApplyError, EnvironmentProblem, KernelError, UsageError  # ApplyError: kernel.ApplyError for callers
-from .generate import Generated, sysctl_path
-from .ir import Ruleset
-from .render import DEFAULT_TABLE, nft_chains, chain_header, rule_text
+from nftdocker.errors import ApplyError, EnvironmentProblem, KernelError, UsageError  # ApplyError: kernel.ApplyError for callers
+from nftdocker.docker.generate import Generated, sysctl_path
+from nftdocker.nft.ir import Ruleset
+from nftdocker.nft.render import DEFAULT_TABLE, nft_chains, chain_header, rule_text
 
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = Path("/run/netns")
@@ -353,7 +353,7 @@ def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TA
     ``incremental.apply`` with ``replace``, leaving no stored view (the callers, ``watch``'s full
     syncs and ``verify``, do not come back through ``incremental.apply``).
     """
-    from .incremental import apply as apply_incremental  # incremental builds on this module
+    from nftdocker.nft.incremental import apply as apply_incremental  # incremental builds on this module
 
     res = apply_incremental(gen, netns_name, table, check=check, replace=True, extra=extra, store=False,
                             user_rules=user_rules)
@@ -365,7 +365,7 @@ def remove(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[st
 
     A table of that name that nftdocker did not create (no :data:`TABLE_MARK`) is refused, exit 2."""
     check_table_name(table)
-    from .incremental import check_owned, forget  # incremental builds on this module
+    from nftdocker.nft.incremental import check_owned, forget  # incremental builds on this module
 
     with lock(netns_name), netns(netns_name):
         nft = Nft()

@@ -64,9 +64,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
-from .errors import DockerError, NftdockerError
-from .kernel import USER_CHAIN
-from .render import DEFAULT_TABLE
+from nftdocker.errors import DockerError, NftdockerError
+from nftdocker.nft.kernel import USER_CHAIN
+from nftdocker.nft.render import DEFAULT_TABLE
 
 #: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
 DEBOUNCE = 0.01
@@ -91,7 +91,7 @@ def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Appli
     sends only the difference, in one transaction; it notices foreign commits (a full sync, a
     user's ``nft`` command) through the kernel's notifications and reads the table again.
     """
-    from .incremental import IncrementalApplier
+    from nftdocker.nft.incremental import IncrementalApplier
 
     return IncrementalApplier(netns, table, user_rules)
 
@@ -145,7 +145,7 @@ class Watcher:
         accept_mark: tuple[int, int] | None = None,
         user_rules: Any = None,
     ) -> None:
-        from .kernel import check_table_name
+        from nftdocker.nft.kernel import check_table_name
 
         #: (VALUE, MASK) set on the accepted container traffic (:mod:`accept_mark`), or None
         self.accept_mark = accept_mark
@@ -203,7 +203,7 @@ class Watcher:
         """Sync, then follow events until stop(). The first sync's errors propagate."""
         self.sync("start")
         if self.heal:
-            from .heal import KernelWatch
+            from nftdocker.live.heal import KernelWatch
 
             self._kernel_watch = KernelWatch(self.netns, self.table, lambda t: self._queue.put(
                 _Item(-1, "kernel", tamper=t, at=t.at)))
@@ -241,7 +241,7 @@ class Watcher:
     def sync(self, reason: str) -> Change:
         """Read the daemon and load the whole table (always a full replacement); keep the model
         that later events are replayed on (:mod:`replay`)."""
-        from . import kernel
+        from nftdocker.nft import kernel
 
         t0 = time.monotonic()
         self._since = time.time()
@@ -250,8 +250,8 @@ class Watcher:
         old = self.current.rulesets if self.current is not None else self._loaded_rulesets()
         self._replay = None
         if self._replays():
-            from .live import inspect_one
-            from .replay import EventReplay
+            from nftdocker.live.engine import inspect_one
+            from nftdocker.live.replay import EventReplay
 
             self.applier.load(sc, replace=True)  # type: ignore[attr-defined]
             gen = self.applier.gen  # type: ignore[attr-defined]
@@ -288,7 +288,7 @@ class Watcher:
     def _replays(self) -> bool:
         """Are events replayed on a kept model? (With the default applier and no accept mark: the
         replay knows Docker's rules, not marked copies of them.)"""
-        from .incremental import IncrementalApplier
+        from nftdocker.nft.incremental import IncrementalApplier
 
         return isinstance(self.applier, IncrementalApplier) and self.accept_mark is None
 
@@ -296,14 +296,14 @@ class Watcher:
         return self._marked(self._scenario())
 
     def _marked(self, sc: Any) -> Any:
-        from .accept_mark import apply as accept_marks
-        from .generate import generate
+        from nftdocker.host.accept_mark import apply as accept_marks
+        from nftdocker.docker.generate import generate
 
         return accept_marks(generate(sc), self.accept_mark)
 
     def _scenario(self, dump: dict[str, Any] | None = None) -> Any:
         """The daemon as a Scenario (every network and container read: O(host))."""
-        from .live import scenario_from_live
+        from nftdocker.live.engine import scenario_from_live
 
         warnings: list[str] = []
         sc = scenario_from_live(self.docker_host, self.daemon_config, self.ipv4_forwarding, self.ipv6_forwarding,
@@ -319,7 +319,7 @@ class Watcher:
     def _set_sysctls(self, gen: Any) -> None:
         if not self.sysctls:
             return
-        from .kernel import apply_sysctls
+        from nftdocker.nft.kernel import apply_sysctls
 
         for attempt in (1, 2):
             try:
@@ -338,8 +338,8 @@ class Watcher:
     def _loaded_rulesets(self) -> dict[str, Any]:
         """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
         try:
-            from .compat import rulesets_from_json
-            from .kernel import list_objects
+            from nftdocker.compat.translate import rulesets_from_json
+            from nftdocker.nft.kernel import list_objects
 
             return rulesets_from_json(list_objects(self.netns, self.table), self.table)
         except Exception:  # noqa: BLE001 - only the log line's counts depend on it
@@ -354,7 +354,7 @@ class Watcher:
         t.start()
 
     def _reader(self, conn: int, since: str) -> None:
-        from .live import events
+        from nftdocker.live.engine import events
 
         q = self._queue
         try:
@@ -450,8 +450,8 @@ class Watcher:
     def _replay_batch(self, batch: list[dict[str, Any]], first: float) -> Change:
         """The events as Docker's operations on the kept model, sent in one transaction: one or
         two API calls an event, the rules of the objects they name; a log line per event."""
-        from .errors import GenerationError
-        from .replay import Unreplayable
+        from nftdocker.errors import GenerationError
+        from nftdocker.live.replay import Unreplayable
 
         steps: list[tuple[str, int, int, dict[str, Any]]] = []
 
@@ -489,7 +489,7 @@ class Watcher:
         """Read the user's part of the table (DOCKER-USER rules, user chains) for the next restore."""
         if not self.heal or self.current is None:
             return
-        from .heal import read_user_state
+        from nftdocker.live.heal import read_user_state
 
         try:
             self._kept = read_user_state(self.netns, self.table, self.current) or self._kept
@@ -498,7 +498,7 @@ class Watcher:
 
     def _on_tamper(self, tamper: Any) -> None:
         """Another process changed the table: restore it, or (the user's own part) remember it."""
-        from .heal import restore, touches_ours
+        from nftdocker.live.heal import restore, touches_ours
 
         if self.current is None:
             return
@@ -528,7 +528,7 @@ class Watcher:
 
 
 def _signature(gen: Any) -> Any:
-    from .render import render_json_objects
+    from nftdocker.nft.render import render_json_objects
 
     return render_json_objects(gen.rulesets)
 

@@ -25,9 +25,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from . import kernel
-from .errors import ScenarioError
-from .inputs import read_bytes
+from nftdocker.nft import kernel
+from nftdocker.errors import ScenarioError
+from nftdocker.inputs import read_bytes
 
 #: the start of the comment nftdocker puts on each of the file's rules
 TAG = "nftdocker user-rules "

@@ -4,7 +4,7 @@
     nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls]
                      [--user-rules FILE] [--json]
 
-``python -m nftdocker.live_cli ARGS`` is ``python -m nftdocker ARGS``.
+``python -m nftdocker.cli.live ARGS`` is ``python -m nftdocker ARGS``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 
 def add_live_args(p: argparse.ArgumentParser) -> None:
-    from .cli import add_live_args as add
+    from nftdocker.cli.main import add_live_args as add
 
     add(p, "the Docker Engine", "the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 
@@ -42,7 +42,7 @@ def register(sub: Any) -> None:
     w.add_argument("--sysctls", action="store_true",
                    help="after each change also set what Docker sets beside its rules (ip_forward, route_localnet, "
                         "bridge-nf-call, hairpin on bridge ports), as apply --sysctls does")
-    from .cli import add_accept_mark_arg
+    from nftdocker.cli.main import add_accept_mark_arg
 
     add_accept_mark_arg(w)
     w.add_argument("--user-rules", metavar="FILE",
@@ -52,17 +52,17 @@ def register(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .cli import _write, live_scenario
-    from .export import export_scenario
+    from nftdocker.cli.main import _write, live_scenario
+    from nftdocker.scenario.write import export_scenario
 
     _write(args, export_scenario(live_scenario(args)))
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from .cli import accept_mark_of
-    from .user_rules import load
-    from .watch import Watcher
+    from nftdocker.cli.main import accept_mark_of
+    from nftdocker.host.user_rules import load
+    from nftdocker.live.watch import Watcher
 
     mark = accept_mark_of(args)
     w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
@@ -82,7 +82,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from . import cli
+    from nftdocker.cli import main as cli
 
     return cli.main(argv)
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
 from typing import Any, Callable, Iterable, Sequence
 
-from .errors import EnvironmentProblem, ReferenceError_, UsageError
+from nftdocker.errors import EnvironmentProblem, ReferenceError_, UsageError
 
 SIDES = ("legacy", "nft")
 SIDE_TAG = {"legacy": "L", "nft": "N"}
@@ -512,7 +512,7 @@ def _load_legacy(ns: str, text4: str, text6: str) -> None:
 
 def _load_nft(ns: str, gen: Any, table: str) -> None:
     """The generated nft table into ``ns``, replacing any earlier one, in one libnftables transaction."""
-    from . import kernel
+    from nftdocker.nft import kernel
 
     kernel.apply(gen, netns_name=ns, table=table)
 
@@ -523,8 +523,8 @@ class Agent:
     def __init__(self, ns: str, node: str) -> None:
         self.ns = ns
         self.node = node
-        pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from nftdocker.verify import agent_main; agent_main()"
+        pkg_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        code = f"import sys; sys.path.insert(0, {pkg_parent!r}); from nftdocker.verify.verify import agent_main; agent_main()"
         self.err = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(
             [_tool("ip"), "netns", "exec", ns, sys.executable, "-S", "-c", code],
@@ -772,8 +772,8 @@ def _addr(ipr: Any, idx: int, a: IPv4Interface | IPv6Interface) -> None:
 def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6: str | None = None,
                  names: tuple[str | None, str | None] = (None, None)) -> tuple[str, str, dict[str, str]]:
     """The iptables-save text for each family: the reference where given, else nftdocker's compat output."""
-    from .compat import compat_text
-    from .render import render_json_objects
+    from nftdocker.compat.translate import compat_text
+    from nftdocker.nft.render import render_json_objects
 
     objs = render_json_objects(gen.rulesets, table) if reference4 is None or reference6 is None else []
     src: dict[str, str] = {}
@@ -870,7 +870,7 @@ def coverage(gen: Any, *, table: str = "nftdocker", timeout: float = DEFAULT_TIM
     catches either changes nothing for the traffic the scenario can produce (an empty network, a
     rule another one backs up, a no-op such as DOCKER-USER's RETURN) or needs traffic it does not.
     """
-    from .render import rule_text
+    from nftdocker.nft.render import rule_text
 
     check_environment()
     out: list[RuleCoverage] = []
@@ -991,7 +991,7 @@ def agent_main() -> None:
         msg = json.loads(line)
         op = msg.get("op")
         if op == "sysctl":
-            from .generate import sysctl_path
+            from nftdocker.docker.generate import sysctl_path
 
             errors = []
             for key, value in msg["set"]:

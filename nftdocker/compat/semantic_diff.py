@@ -15,10 +15,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
-from .ir import BUILTIN_CHAINS, TABLE_ORDER
-from .reference import Table, parse
-from .chain_eval import Outcome, evaluate
-from .semantic import SIDE_EFFECT_FREE, Hints, Packet, Rule, candidates, overlap, parse_rule
+from nftdocker.nft.ir import BUILTIN_CHAINS, TABLE_ORDER
+from nftdocker.compat.reference import Table, parse
+from nftdocker.compat.chain_eval import Outcome, evaluate
+from nftdocker.compat.semantic import SIDE_EFFECT_FREE, Hints, Packet, Rule, candidates, overlap, parse_rule
 
 SIDES = ("reference", "nftdocker")
 MAX_WITNESS_SEARCHES = 50

@@ -24,11 +24,14 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from . import generate, ir, model, render
-from .generate import Firewall, Iptables, Sysctl, _Pool
-from .ir import Chain, Rule
-from .model import Endpoint, Scenario
-from .render import rule_text
+from nftdocker.docker import generate
+from nftdocker.nft import ir
+from nftdocker import model
+from nftdocker.nft import render
+from nftdocker.docker.generate import Firewall, Iptables, Sysctl, _Pool
+from nftdocker.nft.ir import Chain, Rule
+from nftdocker.model import Endpoint, Scenario
+from nftdocker.nft.render import rule_text
 
 FORMAT = 1
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Iterable, assert_never
 
-from .errors import CompatError, GenerationError
-from .ir import (
+from nftdocker.errors import CompatError, GenerationError
+from nftdocker.nft.ir import (
     BUILTIN_CHAINS,
     Action,
     Addr,
@@ -31,7 +31,7 @@ from .ir import (
     Snat,
     Verdict,
 )
-from .render import DEFAULT_TABLE, MARK_BITS, nft_ifname, render_json_objects
+from nftdocker.nft.render import DEFAULT_TABLE, MARK_BITS, nft_ifname, render_json_objects
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 _PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
