@@ -13,12 +13,13 @@ What is measured, per N:
 
 render     load the scenario file + generate + render the nft text (``nftdocker render``'s work,
            in-process), and the peak RSS of that process
-apply      a fresh apply in-process (``incremental.apply``: one transaction, table empty) against
+apply      a fresh apply in-process (``apply.engine.apply``: one transaction, table empty) against
            ``nft -f`` of the same rendered text (a process, in the namespace), and against
-           ``kernel.apply`` (the full-replace path), on an empty namespace each time
+           ``apply(..., replace=True)`` (the full-replace path), on an empty namespace each time
 add-one    adding one container with one published port to the loaded host:
            process to process (``python -m nftdocker apply``, for the fresh load and for the
-           change), and in-process through the long-running path (``IncrementalApplier.add_container``),
+           change), and in-process through the long-running path (``IncrementalApplier.replay`` of
+           Docker's run of the container, the path watch's events take),
            with the part spent in libnftables and the kernel
 docker     the compat (iptables-save) output replayed one ``iptables-legacy``/``ip6tables-legacy`` call
            per rule (plus one per chain and policy) from a process inside the namespace, and
@@ -81,10 +82,10 @@ def flush_ns(ns: str, legacy: bool = False) -> None:
 
 @atexit.register
 def _remove_ns() -> None:
-    from nftdocker.nft import incremental
+    from nftdocker.nft.state import forget
 
     for name in _made:
-        incremental.forget(name)
+        forget(name)
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
 
 
@@ -174,13 +175,13 @@ def bench_render(path: Path, runs: int, budget: float) -> dict[str, Any]:
 
 
 def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[str, Any]:
-    from nftdocker.nft import incremental
-    from nftdocker.nft import kernel
+    from nftdocker.apply.engine import apply
+    from nftdocker.docker.generate import generate
     from nftdocker.nft.render import render_nft
 
     sc = synthetic.host(n, M, K)
-    gen = incremental.generate_fast(sc)
-    gen1 = incremental.generate_fast(synthetic.with_container(sc, synthetic.new_container(sc, 0)))
+    gen = generate(sc)
+    gen1 = generate(synthetic.with_container(sc, synthetic.new_container(sc, 0)))
     text = render_nft(gen.rulesets)
     nft_file = tmp / f"host-{n}.nft"
     nft_file.write_text(text)
@@ -189,19 +190,19 @@ def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[st
         flush_ns(ns)
         c = cpu_self()
         t = time.perf_counter()
-        res = incremental.apply(gen, ns)
+        res = apply(gen, ns)
         ours = time.perf_counter() - t
         ours_cpu = cpu_self() - c
         assert res.mode == "full", res
         t = time.perf_counter()
-        res = incremental.apply(gen1, ns)
+        res = apply(gen1, ns)
         add = time.perf_counter() - t
         assert (res.mode, res.commands) == ("incremental", 3), res
         flush_ns(ns)
         nft_f, nft_f_cpu, _ = timed(["ip", "netns", "exec", ns, "nft", "-f", str(nft_file)])
         flush_ns(ns)
         t = time.perf_counter()
-        kernel.apply(gen, ns)
+        apply(gen, ns, replace=True, store=False)
         full = time.perf_counter() - t
         return ours, nft_f, full, add, ours_cpu, nft_f_cpu
 
@@ -239,18 +240,24 @@ def bench_add_process(n: int, ns: str, tmp: Path, runs: int, budget: float) -> d
             "ratios_per_run": [r[1] / r[0] for r in res], "runs": len(res), "last_add": info}
 
 
+def run_container(fw: Any, ctr: Any) -> None:
+    """Docker's ``docker run`` of ``ctr`` on the kept model (what watch replays for a start event)."""
+    fw.add_containers(synthetic.with_container(fw.sc, ctr), [ctr])
+
+
 def bench_add_long_running(n: int, ns: str, adds: int) -> dict[str, Any]:
-    from nftdocker.nft import incremental
+    from nftdocker.apply.applier import IncrementalApplier
 
     flush_ns(ns)
     sc = synthetic.host(n, M, K)
-    with incremental.IncrementalApplier(ns) as ap:
+    with IncrementalApplier(ns) as ap:
         t = time.perf_counter()
         ap.load(sc)
         load_s = time.perf_counter() - t
         stats = []
         for i in range(adds):
-            stats.append(ap.add_container(synthetic.new_container(ap.scenario, i + 1, network=f"net{i % n}")))
+            ctr = synthetic.new_container(ap.scenario, i + 1, network=f"net{i % n}")
+            stats.append(ap.replay(lambda fw: run_container(fw, ctr)))
     modes = sorted({s.mode for s in stats})
     return {"load": load_s, "add_one": med([s.seconds for s in stats]), "kernel": med([s.kernel_seconds for s in stats]),
             "python": med([s.seconds - s.kernel_seconds for s in stats]), "commands": med([s.commands for s in stats]),
@@ -260,17 +267,18 @@ def bench_add_long_running(n: int, ns: str, adds: int) -> dict[str, Any]:
 def bench_replay_only(n: int, adds: int) -> float:
     """The long-running path's own work for one added container (Docker's calls replayed on the kept
     model, no kernel): median seconds per container."""
-    from nftdocker.nft import incremental
+    from nftdocker.docker.record import RecordingFirewall
 
     sc = synthetic.host(n, M, K)
-    fw = incremental.IndexedFirewall(sc)
+    fw = RecordingFirewall(sc)
     fw.run()
     ctrs = [synthetic.new_container(sc, i + 1, network=f"net{(7 * i) % n}") for i in range(adds)]
     plus = synthetic.dataclasses.replace(sc, containers=sc.containers + tuple(ctrs))
     times = []
     for c in ctrs:
         t = time.perf_counter()
-        fw.add_containers(plus, [c])
+        with fw.recording():
+            fw.add_containers(plus, [c])
         times.append(time.perf_counter() - t)
     return med(times)
 
@@ -292,11 +300,11 @@ def bench_kernel_commit(ns: str, rules: int, reps: int = 15) -> dict[str, float]
     """
     import nftables  # type: ignore[import-not-found]
 
-    from nftdocker.nft import kernel
+    from nftdocker.nft.netns import netns
 
     flush_ns(ns)
     out: dict[str, float] = {}
-    with kernel.netns(ns):
+    with netns(ns):
         ctx = nftables.Nftables()
 
         def run(cmd: str) -> None:
@@ -377,10 +385,10 @@ def replay(ns: str, tmp: Path, calls: list[list[str]]) -> float:
 
 
 def bench_docker(n: int, ns: str, tmp: Path, full_limit: int, sample: int) -> dict[str, Any]:
-    from nftdocker.nft import incremental
     from nftdocker.compat.translate import save_text
+    from nftdocker.docker.generate import generate
 
-    gen = incremental.generate_fast(synthetic.host(n, M, K))
+    gen = generate(synthetic.host(n, M, K))
     out: dict[str, Any] = {"tool": "iptables-legacy / ip6tables-legacy (x_tables)", "families": {}}
     total_est = 0.0
     restore_total = 0.0
@@ -504,7 +512,7 @@ def markdown(res: dict[str, Any]) -> str:
         shown = fmt(v) if t["limit"].endswith(" s") else f"{v:.2f}"
         L.append(f"| {t['target']} | {shown} | {t['limit']} | {'yes' if t['met'] else '**no**'} |")
     L += ["", "## Figures", "",
-          "| N | rules | render (load + generate + text) | peak RSS | fresh apply | nft -f | kernel.apply (full path) | "
+          "| N | rules | render (load + generate + text) | peak RSS | fresh apply | nft -f | apply --replace (full path) | "
           "fresh apply, process | add one, process | add one, apply step | add one, long-running (of which libnftables+kernel) | "
           "iptables replay | iptables-legacy-restore |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -619,16 +627,16 @@ def main() -> int:
     res["seconds"] = time.monotonic() - t_all
     res["targets"] = targets(res)
     res["notes"] = [
-        "fresh apply: `incremental.apply` on an empty namespace (the generated table is given; generation is under render). "
+        "fresh apply: `apply.engine.apply` on an empty namespace (the generated table is given; generation is under render). "
         "nft -f: `ip netns exec NS nft -f FILE` of `render_nft` of the same host, so it includes starting nft (a few ms).",
         "add one, process to process: " + (res["sizes"][str(sizes[-1])]["add_process"]["entry"]) +
         " HOST.toml, then the same with one more container (one published port); both include starting Python and "
         "loading the scenario. The fresh apply generates the host; the change reads the table's view and the generation "
         "checkpoint stored by the previous apply (valid while the ruleset generation, the namespace and the table's "
         "handle are unchanged) and, the host being the same with one container appended, replays only that "
-        "container's Docker calls on it (nftdocker/resume.py); else it generates the host and diffs.",
-        "add one, long-running: `IncrementalApplier.add_container` on a loaded host: Docker's calls for that container "
-        "replayed on the kept model, sent as one transaction; handles learnt from the kernel's notifications. "
+        "container's Docker calls on it (nftdocker/docker/checkpoint.py, sent by nftdocker/apply/replay.py); else it generates the host and diffs.",
+        "add one, long-running: `IncrementalApplier.replay` of Docker's run of one container on a loaded host (watch's path): "
+        "its calls replayed on the kept model, sent as one transaction (nftdocker/apply/replay.py, as apply's resume); handles learnt from the kernel's notifications. "
         "The replay alone stays flat; the libnftables+kernel part grows with the chains the rules go into "
         "(see 'What one commit costs the kernel'), and with one table whose chains mirror Docker's one for one, "
         "without sets or maps, those chains hold a rule per published port.",

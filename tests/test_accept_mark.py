@@ -178,7 +178,7 @@ def _nft(ns: str, *args: str, stdin: str | None = None) -> str:
 @needs_netns
 @pytest.mark.netns
 def test_kernel_round_trip(netns):
-    from nftdocker.nft import incremental
+    from nftdocker.nft import state
 
     sc = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
     try:
@@ -207,7 +207,7 @@ def test_kernel_round_trip(netns):
         res = run_cli("compat", "--netns", netns)
         assert res.returncode == 0 and res.stdout == compat_of(_gen("usernet-portmap-noproxy"), "ip")
     finally:
-        incremental.forget(netns)
+        state.forget(netns)
 
 
 # ---------------------------------------------------------------------- packets, beside a drop-policy host firewall
@@ -283,7 +283,7 @@ def packets_ok():
 
 @pytest.mark.netns
 def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
-    from nftdocker.nft import incremental
+    from nftdocker.nft import state
     from nftdocker.verify import verify as vf
 
     path = tmp_path / "scenario.toml"
@@ -335,7 +335,7 @@ def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
             fwd = _nft(host, "list", "chain", "inet", "filter", "forward").splitlines()
             assert "policy drop;" in fwd[2] and [l.strip() for l in fwd[3:-2]] == [HOST_RULE]  # still drop, one rule
         finally:
-            incremental.forget(host)
+            state.forget(host)
 
 
 @needs_netns
@@ -346,7 +346,7 @@ def test_watch_marks_what_it_loads(netns, tmp_path):
     pytest.importorskip("docker", reason="the docker SDK is not installed (pip install docker)")
     from conftest import SHARED_REFERENCE
     from fake_engine import FakeEngine
-    from nftdocker.nft import incremental
+    from nftdocker.nft import state
     from nftdocker.live.watch import Watcher
 
     dump = json.loads((SHARED_REFERENCE / "multi" / "docker-inspect.json").read_text())
@@ -380,4 +380,4 @@ def test_watch_marks_what_it_loads(netns, tmp_path):
             close = getattr(w.applier, "close", None)
             if callable(close):
                 close()
-            incremental.forget(netns)
+            state.forget(netns)

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, RULESETS, is_root, needs_netns, run_cli
-from nftdocker.nft import incremental as inc
-from nftdocker.nft import kernel
+from nftdocker.apply import engine
+from nftdocker.apply.applier import IncrementalApplier
+from nftdocker.nft import netns as namespaces
+from nftdocker.nft import state, table
 from nftdocker.errors import EnvironmentProblem, UsageError
 from nftdocker.docker.generate import generate
 from nftdocker.scenario.load import load
@@ -70,7 +72,7 @@ def rules_of(objs: list[dict], chain: str) -> list[tuple]:
 def own_rules(objs: list[dict]) -> dict[str, list]:
     """Our chains (not DOCKER-USER) as the kernel lists them: what a fresh apply must equal."""
     chains = [o["chain"]["name"] for o in objs if "chain" in o]
-    return {c: rules_of(objs, c) for c in chains if inc.is_own_chain(c) and c != kernel.USER_CHAIN}
+    return {c: rules_of(objs, c) for c in chains if table.is_own_chain(c) and c != table.USER_CHAIN}
 
 
 # ---------------------------------------------------------------------- user rules, chains, sets
@@ -126,13 +128,13 @@ def test_user_chains_and_sets_are_kept_and_nothing_freezes(netns, tmp_path):
 @needs_netns
 def test_watch_style_applier_keeps_user_chains(netns):
     gen = generate(load(SEED))
-    kernel.apply(gen, netns)
+    engine.apply(gen, netns, replace=True, store=False)
     nft(netns, "add", "chain", "ip", "nftdocker", "my-chain")
     nft(netns, "insert", "rule", "ip", "nftdocker", "filter-DOCKER-USER", "jump", "my-chain")
-    with inc.IncrementalApplier(netns) as ap:
+    with IncrementalApplier(netns) as ap:
         ap.apply(generate(load(MULTI)))
         ap.apply(gen)
-    kernel.apply(gen, netns)  # watch's full syncs
+    engine.apply(gen, netns, replace=True, store=False)  # watch's full syncs
     assert "jump my-chain" in nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-USER")
 
 
@@ -179,16 +181,16 @@ def test_netns_takes_names_not_paths(name, tmp_path):
 @pytest.mark.netns
 @needs_netns
 def test_the_lock_is_the_namespace_not_its_name(netns):
-    code = ("import sys; from nftdocker import errors; from nftdocker.nft import kernel\n"
-            "try:\n    with kernel.lock(None, timeout=0.3): print('got it')\n"
+    code = ("import sys; from nftdocker import errors; from nftdocker.nft import netns as namespaces\n"
+            "try:\n    with namespaces.lock(None, timeout=0.3): print('got it')\n"
             "except errors.EnvironmentProblem as e: print(e)")
-    with kernel.lock(netns):
+    with namespaces.lock(netns):
         r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
         assert "held the lock" in r.stdout, r.stdout + r.stderr
     r = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert "got it" in r.stdout, r.stdout + r.stderr
-    dev, ino = kernel.netns_identity(netns)
-    assert not (kernel.LOCK_DIR / f"netns-{dev}-{ino}.lock").exists()  # no lock file piles up
+    dev, ino = namespaces.netns_identity(netns)
+    assert not (namespaces.LOCK_DIR / f"netns-{dev}-{ino}.lock").exists()  # no lock file piles up
 
 
 @pytest.mark.netns
@@ -215,17 +217,17 @@ def test_lock_gives_one_line_when_run_dir_is_unusable(tmp_path, monkeypatch):
         pytest.skip("the lock names the namespace's nsfs file, which needs /proc")
     f = tmp_path / "afile"
     f.write_text("")
-    monkeypatch.setattr(kernel, "LOCK_DIR", f)
+    monkeypatch.setattr(namespaces, "LOCK_DIR", f)
     with pytest.raises(EnvironmentProblem, match="is not a directory"):
-        with kernel.lock(None):
+        with namespaces.lock(None):
             pass
     ro = tmp_path / "ro"
     ro.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], check=True)
     try:
-        monkeypatch.setattr(kernel, "LOCK_DIR", ro / "nftdocker")
+        monkeypatch.setattr(namespaces, "LOCK_DIR", ro / "nftdocker")
         with pytest.raises(EnvironmentProblem, match="Read-only file system"):
-            with kernel.lock(None):
+            with namespaces.lock(None):
                 pass
     finally:
         subprocess.run(["umount", str(ro)], check=False)
@@ -236,7 +238,7 @@ def test_cli_says_one_line_when_run_dir_is_a_file(tmp_path):
         pytest.skip("needs root")
     f = tmp_path / "afile"
     f.write_text("")
-    code = (f"import sys; from nftdocker.nft import kernel; from nftdocker.cli import main as cli; kernel.LOCK_DIR = __import__('pathlib').Path({str(f)!r});"
+    code = (f"import sys; from nftdocker.nft import netns as namespaces; from nftdocker.cli import main as cli; namespaces.LOCK_DIR = __import__('pathlib').Path({str(f)!r});"
             f" sys.exit(cli.main(['remove', '--netns', 'nftd-none-such']))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 3 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -246,8 +248,8 @@ def test_cli_says_one_line_when_run_dir_is_a_file(tmp_path):
 
 
 def _state_file(ns: str) -> Path:
-    dev, ino = kernel.netns_identity(ns)
-    return inc.STATE_DIR / f"{dev}-{ino}-nftdocker.json"
+    dev, ino = namespaces.netns_identity(ns)
+    return state.STATE_DIR / f"{dev}-{ino}-nftdocker.json"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "types", "checkpoint", "chains", "not-json"])

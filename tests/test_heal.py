@@ -28,7 +28,7 @@ except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
 from conftest import RULESETS, needs_netns
-from nftdocker.nft import kernel
+from nftdocker.apply import engine
 from nftdocker.docker.generate import generate
 from nftdocker.live.heal import KernelWatch, read_user_state, restore
 from nftdocker.scenario.load import load
@@ -200,7 +200,7 @@ def _ns_nft(ns: str, *args: str) -> str:
 @needs_netns
 def test_the_users_part_is_put_back_in_order_with_a_recreated_table(netns):
     gen = generate(load(RULESETS / "usernet-portmap-noproxy" / "scenario.toml"))
-    kernel.apply(gen, netns)
+    engine.apply(gen, netns, replace=True, store=False)
     _ns_nft(netns, "add", "chain", "ip", TABLE, "mine", "{ type filter hook forward priority 10; policy accept; }")
     _ns_nft(netns, "add", "chain", "ip", TABLE, "other")
     _ns_nft(netns, "add", "rule", "ip", TABLE, "other", "udp", "dport", "53", "accept")
@@ -222,7 +222,7 @@ def test_the_users_part_is_put_back_in_order_with_a_recreated_table(netns):
 @needs_netns
 def test_a_user_comment_goes_back_as_it_was_never_as_text(netns):
     gen = generate(load(RULESETS / "usernet-portmap-noproxy" / "scenario.toml"))
-    kernel.apply(gen, netns)
+    engine.apply(gen, netns, replace=True, store=False)
     nasty = 'x"\n};}\nadd table ip pwned\ntable ip nftdocker{chain filter-DOCKER-USER{\ncounter comment "y'
     code = ("import json, sys, nftables; n = nftables.Nftables(); rc, _, e = n.json_cmd(json.loads(sys.argv[1])); sys.exit(e if rc else 0)")
     cmd = {"nftables": [{"insert": {"rule": {"family": "ip", "table": TABLE, "chain": "filter-DOCKER-USER",
@@ -243,7 +243,7 @@ def test_kernel_watch_reports_other_processes_commits_only(netns):
     seen: list = []
     kw = KernelWatch(netns, TABLE, seen.append)
     try:
-        kernel.apply(gen, netns)  # this process's own commit
+        engine.apply(gen, netns, replace=True, store=False)  # this process's own commit
         _ns_nft(netns, "add", "table", "inet", "filter")  # another table
         time.sleep(0.3)
         assert seen == []

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import needs_netns, run_cli
-from nftdocker.nft import incremental as inc
+from nftdocker.apply import engine
 from nftdocker.compat.translate import compat_of
 from nftdocker.errors import ScenarioError
 from nftdocker.scenario.write import export_scenario
@@ -261,8 +261,8 @@ def test_applied_event_by_event_the_kernel_lists_as_a_fresh_full_apply(events):
     try:
         for k in range(len(events) + 1):
             g = gen_of(*events[:k])
-            inc.apply(g, a)  # only the difference
-            inc.apply(g, b, replace=True)  # a fresh full apply
+            engine.apply(g, a)  # only the difference
+            engine.apply(g, b, replace=True)  # a fresh full apply
             listed = [subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "ruleset"], capture_output=True,
                                      text=True, check=True).stdout for ns in (a, b)]
             assert listed[0] == listed[1], "".join(events[:k])

@@ -19,8 +19,12 @@ from pathlib import Path
 import pytest
 
 from conftest import RULESETS, needs_netns, run_cli
-from nftdocker.nft import incremental as inc
-from nftdocker.nft import kernel
+from nftdocker.apply import engine
+from nftdocker.nft import listing, state, view
+from nftdocker.nft import netns as namespaces
+from nftdocker.nft.backend import Libnftables
+from nftdocker.nft.commit import kernel_views
+from nftdocker.nft.diff import plan
 from nftdocker.compat.translate import compat_of, compat_text, parse_expr, rulesets_from_json
 from nftdocker.errors import CompatError, GenerationError
 from nftdocker.docker.generate import generate
@@ -178,7 +182,7 @@ def test_compat_refuses_what_neither_side_can_say():
         with pytest.raises(CompatError, match="unsupported interface name"):
             rulesets_from_json(table_with(listed_rule("filter-DOCKER-USER", odd)))
     # the kernel listing's keys: such a rule is someone else's, never a traceback
-    assert inc._key_of(listed_rule("filter-FORWARD", "a\\b")["rule"], "ip", Ruleset("ip")).startswith("\0foreign")
+    assert view._key_of(listed_rule("filter-FORWARD", "a\\b")["rule"], "ip", Ruleset("ip")).startswith("\0foreign")
 
 
 # ---------------------------------------------------------------------- reference / diff (no root)
@@ -219,33 +223,33 @@ def test_applied_star_bridge_matches_only_itself_and_round_trips(netns):
     sc = loads(scenario("n*"), source="star.toml")
     gen = generate(sc)
     try:
-        assert inc.apply_scenario(sc, netns).mode == "full"
-        listed = kernel.list_objects(netns)
+        assert engine.apply_scenario(sc, netns).mode == "full"
+        listed = listing.list_objects(netns)
         assert set(iface_rights(listed)) == {"n\\*", "docker0"}  # nft lists the interface n*, no wildcard
         # the kernel's own bytes: a 16-byte compare (name and NUL), not a one-byte prefix
         dump = _nft(netns, "--debug=netlink", "list", "chain", "ip", TABLE, "filter-DOCKER-FORWARD")
         assert "cmp eq reg 1 0x00002a6e 0x00000000 0x00000000 0x00000000" in dump
         assert "cmp eq reg 1 0x0000006e ]" not in dump
         # the listing's keys (read_table: compat.parse_expr -> render.rule_text) equal the generated ones
-        with kernel.lock(netns), kernel.netns(netns):
-            nft = kernel.Nft()
+        with namespaces.lock(netns), namespaces.netns(netns):
+            be = Libnftables()
             for fam, rs in gen.rulesets.items():
-                kt = inc.read_table(nft, fam, TABLE)
-                want = inc.wanted(rs)
+                kt = be.read_table(fam, TABLE)
+                want = view.wanted(rs)
                 assert {n: c.keys for n, c in kt.chains.items()} == {n: c.keys for n, c in want.items()}
-            tx = inc.plan(nft, gen, TABLE)
-            assert tx is not None and tx.commands() == 0
-        res = inc.apply_scenario(sc, netns)
+            tx, _ = plan(be, kernel_views(be, TABLE)[0], gen.rulesets, TABLE)
+            assert tx.mode != "full" and tx.commands() == 0  # not a full replace
+        res = engine.apply_scenario(sc, netns)
         assert (res.mode, res.commands) == ("noop", 0)
         # and the compat of what the kernel holds is the compat of the scenario
         for fam in ("ip", "ip6"):
-            assert compat_text(kernel.list_objects(netns), fam) == compat_of(gen, fam)
+            assert compat_text(listing.list_objects(netns), fam) == compat_of(gen, fam)
         # a wildcard someone adds to DOCKER-USER reads back as iptables' wildcard
         _nft(netns, "insert", "rule", "ip", TABLE, "filter-DOCKER-USER", "iifname", "eth*", "drop")
-        assert "-A DOCKER-USER -i eth+ -j DROP\n" in compat_text(kernel.list_objects(netns), "ip")
-        assert inc.apply_scenario(sc, netns).commands == 0  # kept, nothing else to do
+        assert "-A DOCKER-USER -i eth+ -j DROP\n" in compat_text(listing.list_objects(netns), "ip")
+        assert engine.apply_scenario(sc, netns).commands == 0  # kept, nothing else to do
     finally:
-        inc.forget(netns)
+        state.forget(netns)
 
 
 # ---------------------------------------------------------------------- packets (root)

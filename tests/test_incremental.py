@@ -17,8 +17,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import RULESETS, needs_netns
-from nftdocker.nft import incremental as inc
-from nftdocker.nft import kernel
+import dataclasses
+
+from nftdocker.apply import engine
+from nftdocker.apply.applier import IncrementalApplier
+from nftdocker.docker.record import RecordingFirewall
+from nftdocker.errors import ApplyError
+from nftdocker.nft import diff, state
+from nftdocker.nft import netns as namespaces
+from nftdocker.nft.backend import Libnftables
+from nftdocker.nft.commit import kernel_views
+from nftdocker.nft.transaction import Transaction, rule
 from nftdocker.docker.generate import generate
 from nftdocker.nft.render import render_nft
 from nftdocker.scenario.load import load, loads
@@ -35,12 +44,12 @@ TABLE = "nftdocker"
 @pytest.mark.parametrize("case", sorted(p.name for p in RULESETS.iterdir() if (p / "scenario.toml").is_file()))
 def test_indexed_generation_equals_generate(case):
     sc = load(RULESETS / case / "scenario.toml")
-    a, b = generate(sc), inc.generate_fast(sc)
+    a, b = generate(sc), RecordingFirewall(sc).run()
     assert render_nft(a.rulesets) == render_nft(b.rulesets)
     assert (a.endpoints, a.bindings, a.sysctls) == (b.endpoints, b.bindings, b.sysctls)
 
 
-def _replay(keys: list[str], handles: list[int], ed: inc.ChainEdit | None) -> list[str]:
+def _replay(keys: list[str], handles: list[int], ed: diff.ChainEdit | None) -> list[str]:
     """What the kernel does with a ChainEdit: deletes by handle, inserts at the head, appends."""
     if ed is None:
         return keys
@@ -55,7 +64,7 @@ def _replay(keys: list[str], handles: list[int], ed: inc.ChainEdit | None) -> li
 @given(st.lists(st.sampled_from("abcdefgh"), max_size=12), st.lists(st.sampled_from("abcdefghij"), max_size=12))
 def test_chain_edit_turns_old_into_new(old, new):
     handles = list(range(100, 100 + len(old)))
-    ed = inc.chain_edit(old, handles, new)
+    ed = diff.chain_edit(old, handles, new)
     assert _replay(old, handles, ed) == new
     if ed is not None:
         kept = [h for h in ed.handles if h is not None]
@@ -65,10 +74,10 @@ def test_chain_edit_turns_old_into_new(old, new):
 def test_chain_edit_uses_the_ends_for_dockers_own_calls():
     old = [f"r{i}" for i in range(1000)]
     h = list(range(1000))
-    assert inc.chain_edit(old, h, ["new"] + old).head == ["new"]  # -I
-    ed = inc.chain_edit(old, h, old + ["new"])  # -A
+    assert diff.chain_edit(old, h, ["new"] + old).head == ["new"]  # -I
+    ed = diff.chain_edit(old, h, old + ["new"])  # -A
     assert (ed.head, ed.tail, ed.deletes) == ([], ["new"], [])
-    ed = inc.chain_edit(old, h, old[:500] + old[501:])  # -D
+    ed = diff.chain_edit(old, h, old[:500] + old[501:])  # -D
     assert (ed.head, ed.tail, ed.deletes) == ([], [], [500])
 
 
@@ -85,7 +94,7 @@ def namespace():
     try:
         yield name
     finally:
-        inc.forget(name)
+        state.forget(name)
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
@@ -103,14 +112,39 @@ def listing(ns: str) -> str:
 def fresh_listing(ns: str, gen) -> str:
     """The listing a full apply of ``gen`` gives in an empty namespace."""
     subprocess.run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=True)
-    kernel.apply(gen, ns, TABLE)
+    engine.apply(gen, ns, TABLE, replace=True, store=False)
     return listing(ns)
+
+
+def plan_of(gen, replace: bool = False):
+    """The planner against what is loaded (inside the namespace): the transaction, None for a full replace."""
+    be = Libnftables()
+    tx, _ = diff.plan(be, kernel_views(be, TABLE)[0], gen.rulesets, TABLE, replace=replace)
+    return None if tx.mode == "full" else tx
+
+
+def add_container(ap: IncrementalApplier, ctr):
+    """One more container, through the long-running path (Docker's calls replayed on the kept model)."""
+    assert ap.scenario is not None
+    plus = dataclasses.replace(ap.scenario, containers=ap.scenario.containers + (ctr,))
+    return ap.replay(lambda fw: fw.add_containers(plus, [ctr]))
+
+
+def update(ap: IncrementalApplier, sc):
+    """Bring the applier to ``sc``: containers it appends as Docker's calls on the kept model (what
+    watch's events do), anything else by loading ``sc``."""
+    old = ap.scenario
+    assert old is not None
+    n = len(old.containers)
+    if (sc.daemon, sc.host, sc.networks) == (old.daemon, old.host, old.networks) and sc.containers[:n] == old.containers:
+        return ap.replay(lambda fw: fw.add_containers(sc, sc.containers[n:]))
+    return ap.load(sc)
 
 
 def commands_to(ns: str, gen) -> int:
     """plan() against what is loaded in ``ns``: the number of commands (full replace: None)."""
-    with kernel.lock(ns), kernel.netns(ns):
-        tx = inc.plan(kernel.Nft(), gen, TABLE)
+    with namespaces.lock(ns), namespaces.netns(ns):
+        tx = plan_of(gen)
     return -1 if tx is None else tx.commands()
 
 
@@ -119,19 +153,19 @@ def commands_to(ns: str, gen) -> int:
 def test_one_container_costs_a_handful_of_commands(n, two_ns):
     ns, _ = two_ns
     sc = synthetic.host(n)
-    gen = inc.generate_fast(sc)
-    assert inc.apply(gen, ns).mode == "full"
+    gen = generate(sc)
+    assert engine.apply(gen, ns).mode == "full"
     one = synthetic.with_container(sc, synthetic.new_container(sc, 0, network="net1"))
-    gen1 = inc.generate_fast(one)
+    gen1 = generate(one)
     assert commands_to(ns, gen1) == 3  # raw DROP, nat DNAT, filter ACCEPT
-    res = inc.apply(gen1, ns)
+    res = engine.apply(gen1, ns)
     assert (res.mode, res.commands, res.view) == ("incremental", 3, "state")
     assert commands_to(ns, gen) == 3  # and removing it again
-    res = inc.apply(gen, ns)
+    res = engine.apply(gen, ns)
     assert (res.mode, res.commands, res.removed_rules) == ("incremental", 3, 3)
-    with inc.IncrementalApplier(ns) as ap:
+    with IncrementalApplier(ns) as ap:
         ap.load(sc)
-        stats = ap.add_container(synthetic.new_container(sc, 1))
+        stats = add_container(ap, synthetic.new_container(sc, 1))
         assert (stats.mode, stats.commands) == ("fast", 3)
     if n == 10:  # the listing equals a fresh full apply (checked at every size by the property test)
         assert listing(ns) == fresh_listing(two_ns[1], generate(ap.scenario))
@@ -142,22 +176,22 @@ def test_one_container_costs_a_handful_of_commands(n, two_ns):
 def test_apply_replays_only_appended_containers(n, two_ns):
     ns, other = two_ns
     sc = synthetic.host(n)
-    res = inc.apply_scenario(sc, ns)
+    res = engine.apply_scenario(sc, ns)
     assert (res.mode, res.generation) == ("full", "full")
     one = synthetic.with_container(sc, synthetic.new_container(sc, 0, network="net1"))
-    res = inc.apply_scenario(one, ns)
+    res = engine.apply_scenario(one, ns)
     assert (res.mode, res.generation, res.replayed, res.commands, res.view) == ("incremental", "resumed", 1, 3, "state")
     two = synthetic.with_container(one, synthetic.new_container(sc, 1))
-    res = inc.apply_scenario(two, ns)  # resumes from the checkpoint the resumed apply left
+    res = engine.apply_scenario(two, ns)  # resumes from the checkpoint the resumed apply left
     assert (res.generation, res.replayed, res.commands) == ("resumed", 1, 3)
     if n == 10:
         assert listing(ns) == fresh_listing(other, generate(two))
-    res = inc.apply_scenario(one, ns)  # a removal: the whole host is generated, the edit is still small
+    res = engine.apply_scenario(one, ns)  # a removal: the whole host is generated, the edit is still small
     assert (res.mode, res.generation, res.commands) == ("incremental", "full", 3)
     subprocess.run(["ip", "netns", "exec", ns, "nft", "add", "rule", "ip", TABLE, "filter-DOCKER-USER", "counter"], check=True)
-    res = inc.apply_scenario(two, ns)  # someone else committed: the table is listed, the host generated
+    res = engine.apply_scenario(two, ns)  # someone else committed: the table is listed, the host generated
     assert (res.generation, res.view, res.commands) == ("full", "listing", 3)
-    res = inc.apply_scenario(two, ns, check=True)
+    res = engine.apply_scenario(two, ns, check=True)
     assert (res.checked, res.generation) == (True, "full")
     if n == 10:
         assert listing(ns).replace("\t\tcounter packets 0 bytes 0\n", "") == fresh_listing(other, generate(two))
@@ -168,14 +202,14 @@ def test_apply_replays_only_appended_containers(n, two_ns):
 def test_replace_and_fresh_tables_are_full(case, two_ns):
     ns, other = two_ns
     gen = generate(load(RULESETS / case / "scenario.toml"))
-    with kernel.netns(ns):
-        assert inc.plan(kernel.Nft(), gen, TABLE) is None  # nothing loaded yet
-    inc.apply(gen, ns)
-    with kernel.netns(ns):
-        tx = inc.plan(kernel.Nft(), gen, TABLE)
+    with namespaces.netns(ns):
+        assert plan_of(gen) is None  # nothing loaded yet
+    engine.apply(gen, ns)
+    with namespaces.netns(ns):
+        tx = plan_of(gen)
         assert tx is not None and tx.commands() == 0
-        assert inc.plan(kernel.Nft(), gen, TABLE, replace=True) is None
-    assert inc.apply(gen, ns, replace=True).mode == "full"
+        assert plan_of(gen, replace=True) is None
+    assert engine.apply(gen, ns, replace=True).mode == "full"
     assert listing(ns) == fresh_listing(other, gen)
 
 
@@ -183,12 +217,12 @@ def test_replace_and_fresh_tables_are_full(case, two_ns):
 def test_user_rules_in_docker_user_are_kept(two_ns):
     ns, _ = two_ns
     sc = synthetic.host(2)
-    inc.apply(inc.generate_fast(sc), ns)
+    engine.apply(generate(sc), ns)
     subprocess.run(["ip", "netns", "exec", ns, "nft", "insert", "rule", "ip", TABLE, "filter-DOCKER-USER",
                     "iifname", "eth9", "drop"], check=True)
     subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "rule", "ip", TABLE, "filter-DOCKER-USER",
                     "handle", _handle_of(ns, "filter-DOCKER-USER", "return")], check=True)
-    res = inc.apply(inc.generate_fast(synthetic.with_container(sc, synthetic.new_container(sc))), ns)
+    res = engine.apply(generate(synthetic.with_container(sc, synthetic.new_container(sc))), ns)
     assert res.mode == "incremental" and res.view == "listing"  # someone else committed: the state was not trusted
     user = _chain_rules(ns, "filter-DOCKER-USER")
     assert user == ['iifname "eth9" drop', "return"]  # kept, and the return put back as a full replace does
@@ -209,25 +243,19 @@ def _handle_of(ns: str, chain: str, text: str) -> str:
     return line.rsplit("handle", 1)[1].strip()
 
 
-class _Nft(kernel.Nft):
-    def __init__(self, ns: str) -> None:
-        with kernel.netns(ns):
-            super().__init__()
-
-
 @kernel_test
 def test_long_running_path_notices_changes_made_by_others(two_ns):
     ns, other = two_ns
     sc = synthetic.host(3)
-    with inc.IncrementalApplier(ns) as ap:
+    with IncrementalApplier(ns) as ap:
         ap.load(sc)
         subprocess.run(["ip", "netns", "exec", ns, "nft", "delete", "rule", "ip", TABLE, "filter-DOCKER",
                         "handle", _handle_of(ns, "filter-DOCKER", 'ip daddr 198.18.0.66 iifname != "br1" oifname "br1" tcp dport 80 accept')],
                        check=True)
-        st = ap.add_container(synthetic.new_container(sc, 0, network="net2"))
+        st = add_container(ap, synthetic.new_container(sc, 0, network="net2"))
         assert st.resynced and st.mode == "diff"
         assert listing(ns) == fresh_listing(other, generate(ap.scenario))
-        st = ap.add_container(synthetic.new_container(ap.scenario, 1, network="net2"))
+        st = add_container(ap, synthetic.new_container(ap.scenario, 1, network="net2"))
         assert not st.resynced and st.mode == "fast"
         assert listing(ns) == fresh_listing(other, generate(ap.scenario))
 
@@ -275,8 +303,8 @@ def test_always_equal_to_a_full_replace(three_ns, n0, ipv6, proxy, steps):
     ctrs = [(f"c{i}", f"net{i}", (20000 + i,)) for i in range(n0)]
     serial = [n0, 0]
     sc = loads(scenario_text(nets, ctrs, ipv6, proxy))
-    inc.apply_scenario(sc, by_apply)
-    with inc.IncrementalApplier(by_applier) as ap:
+    engine.apply_scenario(sc, by_apply)
+    with IncrementalApplier(by_applier) as ap:
         ap.load(sc)
         for kind, a, b in steps:
             names = ["bridge"] + [f"net{i}" for i, _, _ in nets]
@@ -294,9 +322,9 @@ def test_always_equal_to_a_full_replace(three_ns, n0, ipv6, proxy, steps):
             sc = loads(scenario_text(nets, ctrs, ipv6, proxy))
             gen = generate(sc)
             want = fresh_listing(fresh, gen)
-            res = inc.apply_scenario(sc, by_apply)  # appended containers: replayed on the checkpoint
+            res = engine.apply_scenario(sc, by_apply)  # appended containers: replayed on the checkpoint
             assert listing(by_apply) == want, (kind, steps, res)
-            ap.update(sc)
+            update(ap, sc)
             assert listing(by_applier) == want, (kind, steps, ap.last)
 
 
@@ -304,25 +332,24 @@ def test_always_equal_to_a_full_replace(three_ns, n0, ipv6, proxy, steps):
 def test_refused_change_names_the_command_and_changes_nothing(two_ns):
     ns, _ = two_ns
     sc = synthetic.host(2)
-    inc.apply(inc.generate_fast(sc), ns)
+    engine.apply(generate(sc), ns)
     before = listing(ns)
-    loop = kernel.Transaction()
-    loop.add("add rule ip nftdocker filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
-    gen1 = inc.generate_fast(synthetic.with_container(sc, synthetic.new_container(sc)))
+    loop = Transaction([rule("add", "ip", "nftdocker", "filter-DOCKER-CT", "jump filter-DOCKER-FORWARD", "test: injected loop")])
+    gen1 = generate(synthetic.with_container(sc, synthetic.new_container(sc)))
     for replace in (False, True):
-        with pytest.raises(kernel.ApplyError) as e:
-            inc.apply(gen1, ns, replace=replace, extra={"ip": loop})
+        with pytest.raises(ApplyError) as e:
+            engine.apply(gen1, ns, replace=replace, extra={"ip": loop})
         assert "filter-DOCKER-CT jump filter-DOCKER-FORWARD" in str(e.value) and "injected loop" in str(e.value)
         assert listing(ns) == before
-    assert inc.apply(gen1, ns).mode == "incremental"  # the stored view is still good: nothing was committed
+    assert engine.apply(gen1, ns).mode == "incremental"  # the stored view is still good: nothing was committed
 
 
 @kernel_test
 def test_a_family_going_away_deletes_its_table(two_ns):
     ns, other = two_ns
     text = synthetic.scenario_toml(2)
-    inc.apply(generate(loads(text)), ns)
+    engine.apply(generate(loads(text)), ns)
     gen = generate(loads(text.replace("[daemon]", "[daemon]\nip6tables = false", 1)))
-    res = inc.apply(gen, ns)
+    res = engine.apply(gen, ns)
     assert (res.mode, res.removed, res.families) == ("incremental", ["ip6"], ["ip"])
     assert listing(ns) == fresh_listing(other, gen)

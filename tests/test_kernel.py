@@ -14,7 +14,10 @@ import pytest
 
 from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns, run_cli
 from nftdocker.cli import main as cli
-from nftdocker.nft import kernel
+from nftdocker.apply import engine
+from nftdocker.nft import listing, table
+from nftdocker.nft.backend import Nft
+from nftdocker.nft.transaction import Transaction, rule
 from nftdocker.compat.translate import compat_text
 from nftdocker.errors import ApplyError, EnvironmentProblem, UsageError
 from nftdocker.docker.generate import generate
@@ -36,8 +39,8 @@ def nft(ns, *args, check=True):
 
 @pytest.mark.parametrize("case", CASES)
 def test_round_trip_through_the_kernel(case, netns):
-    kernel.apply(gen_of(case), netns)
-    objs = kernel.list_objects(netns)
+    engine.apply(gen_of(case), netns, replace=True, store=False)
+    objs = listing.list_objects(netns)
     assert compat_text(objs, "ip") == (COMPAT / case / "iptables-save.txt").read_text()
     assert compat_text(objs, "ip6") == (COMPAT / case / "ip6tables-save.txt").read_text()
     ruleset = nft(netns, "-j", "list", "ruleset")
@@ -55,28 +58,27 @@ def test_show_iptables_equals_compat_of_scenario(netns):
 
 def test_idempotent(netns):
     g = gen_of("multi")
-    kernel.apply(g, netns)
+    engine.apply(g, netns, replace=True, store=False)
     first = nft(netns, "list", "ruleset")
-    kernel.apply(g, netns)
+    engine.apply(g, netns, replace=True, store=False)
     assert nft(netns, "list", "ruleset") == first
 
 
 def test_check_changes_nothing(netns):
-    kernel.apply(gen_of("usernet-portmap"), netns)
+    engine.apply(gen_of("usernet-portmap"), netns, replace=True, store=False)
     before = nft(netns, "list", "ruleset")
-    res = kernel.apply(gen_of("multi"), netns, check=True)
+    res = engine.apply(gen_of("multi"), netns, check=True, replace=True, store=False)
     assert res.checked
     assert nft(netns, "list", "ruleset") == before
 
 
 def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeypatch):
-    kernel.apply(gen_of("usernet-portmap"), netns)
+    engine.apply(gen_of("usernet-portmap"), netns, replace=True, store=False)
     before = nft(netns, "list", "ruleset")
     # A loop (DOCKER-CT -> DOCKER-FORWARD -> DOCKER-CT) passes nft's parser; only the kernel refuses it.
-    loop = kernel.Transaction()
-    loop.add("add rule ip nftdocker filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
+    loop = Transaction([rule("add", "ip", "nftdocker", "filter-DOCKER-CT", "jump filter-DOCKER-FORWARD", "test: injected loop")])
     with pytest.raises(ApplyError) as e:
-        kernel.apply(gen_of("multi"), netns, extra={"ip": loop})
+        engine.apply(gen_of("multi"), netns, extra={"ip": loop}, replace=True, store=False)
     assert "test: injected loop" in str(e.value)
     assert "nothing changed" in str(e.value)
     assert e.value.exit_status == 3
@@ -84,12 +86,9 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
 
 
 def test_refusal_exits_3_from_the_cli(netns, monkeypatch, capsys):
-    from nftdocker.nft import incremental
-
-    real = incremental._apply_in
-    loop = kernel.Transaction()
-    loop.add("add rule ip nftdocker filter-DOCKER-CT jump filter-DOCKER-FORWARD", "test: injected loop")
-    monkeypatch.setattr(incremental, "_apply_in", lambda nft, gen, table, check, replace, extra, **kw:
+    real = engine._apply_in
+    loop = Transaction([rule("add", "ip", "nftdocker", "filter-DOCKER-CT", "jump filter-DOCKER-FORWARD", "test: injected loop")])
+    monkeypatch.setattr(engine, "_apply_in", lambda nft, gen, table, check, replace, extra, **kw:
                         real(nft, gen, table, check, replace, {"ip": loop}, **kw))
     rc = cli.main(["apply", str(RULESETS / "multi" / "scenario.toml"), "--netns", netns])
     err = capsys.readouterr().err
@@ -105,25 +104,25 @@ def test_only_our_tables_are_touched(netns):
     for args in (["-A", "FORWARD", "-s", "203.0.113.7", "-j", "DROP"], ["-t", "nat", "-A", "POSTROUTING", "-o", "eth9", "-j", "MASQUERADE"]):
         subprocess.run(["ip", "netns", "exec", netns, "iptables-nft", *args], check=True)
     others = {t: nft(netns, "list", "table", *t.split()) for t in ("inet filter", "ip filter", "ip nat")}
-    kernel.apply(gen_of("multi"), netns)
-    kernel.apply(gen_of("usernet-portmap-noproxy"), netns)
+    engine.apply(gen_of("multi"), netns, replace=True, store=False)
+    engine.apply(gen_of("usernet-portmap-noproxy"), netns, replace=True, store=False)
     assert {t: nft(netns, "list", "table", *t.split()) for t in others} == others
-    assert kernel.remove(netns) == ["ip", "ip6"]
+    assert engine.remove(netns) == ["ip", "ip6"]
     assert {t: nft(netns, "list", "table", *t.split()) for t in others} == others
     assert "nftdocker" not in nft(netns, "list", "tables")
 
 
 def test_docker_user_rules_survive_in_order(netns):
-    kernel.apply(gen_of("multi"), netns)
+    engine.apply(gen_of("multi"), netns, replace=True, store=False)
     nft(netns, "insert", "rule", "ip", "nftdocker", "filter-DOCKER-USER", "ip", "saddr", "198.51.100.9", "drop")
     nft(netns, "insert", "rule", "ip", "nftdocker", "filter-DOCKER-USER", "iifname", "eth0", "tcp", "dport", "22", "drop")
     before = nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-USER")
-    res = kernel.apply(gen_of("usernet-portmap"), netns)
+    res = engine.apply(gen_of("usernet-portmap"), netns, replace=True, store=False)
     assert res.kept_user_rules["ip"] == 2
     assert nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-USER") == before
-    kernel.apply(gen_of("usernet-portmap"), netns)
+    engine.apply(gen_of("usernet-portmap"), netns, replace=True, store=False)
     assert nft(netns, "list", "chain", "ip", "nftdocker", "filter-DOCKER-USER") == before
-    save = compat_text(kernel.list_objects(netns), "ip")
+    save = compat_text(listing.list_objects(netns), "ip")
     assert "-A DOCKER-USER -i eth0 -p tcp -m tcp --dport 22 -j DROP\n-A DOCKER-USER -s 198.51.100.9/32 -j DROP\n-A DOCKER-USER -j RETURN" in save
 
 
@@ -134,15 +133,15 @@ def test_two_applies_at_once_do_not_interleave(netns):
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for p in (a, b, a, b)]
     for p in procs:
         assert p.wait(timeout=60) == 0, p.stderr.read()
-    got = compat_text(kernel.list_objects(netns), "ip")
+    got = compat_text(listing.list_objects(netns), "ip")
     assert got in ((COMPAT / "multi" / "iptables-save.txt").read_text(), (COMPAT / "usernet-portmap-noproxy" / "iptables-save.txt").read_text())
 
 
 def test_family_without_rules_is_removed(netns, tmp_path):
-    kernel.apply(gen_of("usernet-portmap"), netns)
+    engine.apply(gen_of("usernet-portmap"), netns, replace=True, store=False)
     sc = tmp_path / "no6.toml"
     sc.write_text((RULESETS / "usernet-portmap" / "scenario.toml").read_text().replace("[[networks]]", "[daemon]\nip6tables = false\n\n[[networks]]", 1))
-    res = kernel.apply(generate(load(sc)), netns)
+    res = engine.apply(generate(load(sc)), netns, replace=True, store=False)
     assert res.removed == ["ip6"]
     assert "ip6" not in nft(netns, "list", "tables")
 
@@ -163,7 +162,7 @@ def test_not_root_exits_3(netns):
 def test_missing_libnftables_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "nftables", None)
     with pytest.raises(EnvironmentProblem, match="python3-nftables"):
-        kernel.Nft()
+        Nft()
 
 
 def test_bad_scenario_applies_nothing(netns, tmp_path):
@@ -176,7 +175,7 @@ def test_bad_scenario_applies_nothing(netns, tmp_path):
 
 def test_refuses_tables_it_does_not_own():
     with pytest.raises(UsageError):
-        kernel.check_table_name("filter")
+        table.check_table_name("filter")
 
 
 def test_sysctls_are_set_and_reported(netns):

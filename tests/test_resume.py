@@ -17,7 +17,7 @@ from conftest import RULESETS
 from nftdocker.docker import checkpoint as resume
 from nftdocker.errors import NftdockerError
 from nftdocker.docker.generate import Firewall, generate
-from nftdocker.nft.incremental import wanted
+from nftdocker.nft.view import wanted
 from nftdocker.scenario.load import load, loads
 
 
@@ -40,7 +40,7 @@ def play(tables: dict, logs: dict) -> dict:
     """Docker's recorded calls applied to the keys, as the kernel applies the commands made of them."""
     out = {f: (None if t is None else {n: list(k) for n, k in t.items()}) for f, t in tables.items()}
     for fam, ops in logs.items():
-        for op, table, chain, key in ops:
+        for op, table, chain, key, _origin in ops:
             keys = out[fam][f"{table}-{chain}"]  # type: ignore[index]
             if op == "add":
                 keys.append(key)

@@ -24,8 +24,8 @@ import pytest
 
 from conftest import ROOT, RULESETS, needs_netns, run_cli
 from nftdocker.live import heal
-from nftdocker.nft import kernel
-from nftdocker.nft import incremental as inc
+from nftdocker.apply.applier import IncrementalApplier
+from nftdocker.nft import table
 from nftdocker.host import user_rules as ur
 from nftdocker.errors import ScenarioError
 from nftdocker.docker.generate import generate
@@ -33,7 +33,7 @@ from nftdocker.scenario.load import load
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 V6 = RULESETS / "ipv6" / "scenario.toml"
-USER = kernel.USER_CHAIN
+USER = table.USER_CHAIN
 RULES = textwrap.dedent("""\
     # the file's rules, in file order
     ip: ip saddr 198.18.0.0/15 drop
@@ -209,7 +209,7 @@ def test_the_file_goes_through_the_shared_reader(netns, tmp_path):
 def test_watch_applier_and_self_healing_bring_the_files_rules_back(netns, rules_file):
     rules = ur.load(str(rules_file))
     sc = load(V6)
-    with inc.IncrementalApplier(netns, user_rules=rules) as app:
+    with IncrementalApplier(netns, user_rules=rules) as app:
         assert app.load(sc).mode == "full"
         assert (user_chain(netns), user_chain(netns, "ip6")) == (WANT_IP, WANT_IP6)
         assert app.update(sc).mode in ("noop", "fast")
@@ -226,7 +226,7 @@ def test_watch_applier_and_self_healing_bring_the_files_rules_back(netns, rules_
     done = heal.restore(gen, netns, "nftdocker", None, st, rules)
     assert done is not None and done.mode == "full" and done.user_rules == 2
     assert nft(netns, "list", "ruleset") == before
-    with inc.IncrementalApplier(netns, user_rules=rules) as app:
+    with IncrementalApplier(netns, user_rules=rules) as app:
         assert app.apply(gen).mode == "noop"
 
 

@@ -27,7 +27,9 @@ try:
 except ImportError:  # tests/ is not a package: pytest put tests/ itself on sys.path
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
-from nftdocker.nft import kernel
+from nftdocker.apply import engine
+from nftdocker.host import sysctl
+from nftdocker.nft import listing
 from nftdocker.compat.translate import compat_of, compat_text
 from nftdocker.docker.generate import generate
 from nftdocker.live.engine import engine_warning, scenario_from_live
@@ -57,7 +59,7 @@ def _compat(s) -> dict[str, str]:
 
 
 def _loaded(d: TestDaemon, table: str = TABLE) -> str:
-    return compat_text(kernel.list_objects(d.netns, table), "ip", table)
+    return compat_text(listing.list_objects(d.netns, table), "ip", table)
 
 
 def _poll(cond, timeout: float, step: float = 0.05):
@@ -243,7 +245,7 @@ def test_watch_resyncs_after_daemon_restart(daemon, watcher):
 
     # Drift while the daemon is away: the table vanishes. The re-sync after reconnecting brings it back
     # (an incremental applier, sending only differences, would not).
-    log.on_lost = lambda: kernel.remove(daemon.netns, TABLE)
+    log.on_lost = lambda: engine.remove(daemon.netns, TABLE)
     try:
         daemon.restart()
         want = lambda: _compat(scenario_from_live(daemon.host, daemon.nftdocker_config))["ip"]  # noqa: E731
@@ -310,7 +312,7 @@ def test_watch_command_stops_cleanly_on_sigterm(daemon, logs):
             p.wait(5)
         p.stdout.close()
         p.stderr.close()
-        kernel.remove(daemon.netns, table)
+        engine.remove(daemon.netns, table)
 
 
 # --------------------------------------------------------------------------- no daemon
@@ -377,7 +379,7 @@ def test_a_sysctl_race_is_logged_not_fatal(monkeypatch):
         calls.append(netns)
         raise KeyError("veth0123456")
 
-    monkeypatch.setattr(kernel, "apply_sysctls", racy)
+    monkeypatch.setattr(sysctl, "apply_sysctls", racy)
     lines: list[str] = []
     w = Watcher("unix:///nonexistent.sock", "nsx", TABLE, log=lines.append, sysctls=True)
     w._set_sysctls(generate(sc.load(ROOT / "rulesets" / "multi" / "scenario.toml")))

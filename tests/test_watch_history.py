@@ -22,7 +22,7 @@ try:
 except ImportError:  # tests/ is not a package
     from dockerd import IMAGE, TestDaemon  # type: ignore[no-redef]
 
-from nftdocker.nft import kernel
+from nftdocker.nft import listing
 from nftdocker.compat.translate import compat_of, compat_text
 from nftdocker.scenario.write import export_scenario
 from nftdocker.docker.generate import generate
@@ -33,7 +33,7 @@ TABLE = "nftdocker"
 
 
 def _loaded(d: TestDaemon) -> dict[str, str]:
-    objs = kernel.list_objects(d.netns, TABLE)
+    objs = listing.list_objects(d.netns, TABLE)
     return {fam: compat_text(objs, fam, TABLE) for fam in ("ip", "ip6")}
 
 

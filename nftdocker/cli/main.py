@@ -153,7 +153,7 @@ def load_scenario(args: argparse.Namespace):
 def cmd_render(args: argparse.Namespace) -> int:
     from nftdocker.host.accept_mark import apply as accept_marks
     from nftdocker.docker.generate import generate
-    from nftdocker.nft.kernel import check_table_name
+    from nftdocker.nft.table import check_table_name
     from nftdocker.nft.render import render_json, render_nft
 
     check_table_name(args.table)
@@ -177,7 +177,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
 
         _write(args, compat_of(generate(load_scenario(args)), family, args.table))
     else:
-        from nftdocker.nft.kernel import list_objects
+        from nftdocker.nft.listing import list_objects
 
         _write(args, compat_text(list_objects(args.netns, args.table), family, args.table))
     return 0
@@ -209,13 +209,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    from nftdocker.nft import incremental
+    from nftdocker.apply.engine import apply_scenario
     from nftdocker.host import user_rules
 
     mark = accept_mark_of(args)
     rules = user_rules.load(args.user_rules) if args.user_rules else None
-    res = incremental.apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
-                                     sysctls=args.sysctls, accept_mark=mark, user_rules=rules)
+    res = apply_scenario(load_scenario(args), args.netns, args.table, check=args.check, replace=args.replace,
+                          sysctls=args.sysctls, accept_mark=mark, user_rules=rules)
     report: dict[str, Any] = {
         "checked_only": res.checked,
         "netns": args.netns,
@@ -256,9 +256,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
-    from nftdocker.nft import kernel
+    from nftdocker.apply.engine import remove
 
-    fams = kernel.remove(args.netns, args.table)
+    fams = remove(args.netns, args.table)
     if args.json:
         print(json.dumps({"removed": [f"{f} {args.table}" for f in fams]}))
     elif fams:
@@ -269,15 +269,15 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from nftdocker.nft import kernel
     from nftdocker.compat.translate import compat_text
+    from nftdocker.nft.listing import list_objects, list_text
 
     if args.format == "nft":
-        _write(args, kernel.list_text(args.netns, args.table))
+        _write(args, list_text(args.netns, args.table))
     elif args.format == "json":
-        _write(args, json.dumps({"nftables": kernel.list_objects(args.netns, args.table)}, indent=2) + "\n")
+        _write(args, json.dumps({"nftables": list_objects(args.netns, args.table)}, indent=2) + "\n")
     else:
-        objs = kernel.list_objects(args.netns, args.table)
+        objs = list_objects(args.netns, args.table)
         _write(args, compat_text(objs, "ip6" if args.ipv6 else "ip", args.table))
     return 0
 

@@ -1,7 +1,7 @@
 """Resume generation where the last apply left it: replay only the containers a scenario appends.
 
 Generating a host replays every Docker call from the daemon's start (0.4 s for 26,000 rules);
-adding one container to it costs a dozen calls. After each apply, :mod:`incremental` stores beside
+adding one container to it costs a dozen calls. After each apply, :mod:`nftdocker.apply` stores beside
 the table's view (its rules as keys, with handles) a *checkpoint*: what Docker's replay keeps
 besides the rules (IPAM pools, the port allocator, endpoints, sysctls, hairpin ports) and a
 fingerprint of the scenario it was generated from. When the next scenario is the same host with
@@ -29,6 +29,7 @@ from nftdocker.nft import ir
 from nftdocker import model
 from nftdocker.nft import render
 from nftdocker.docker.generate import Firewall, Iptables, Sysctl, _Pool
+from nftdocker.docker.record import Call
 from nftdocker.nft.ir import Chain, Rule
 from nftdocker.model import Endpoint, Scenario
 from nftdocker.nft.render import rule_text
@@ -101,14 +102,14 @@ class ResumeIptables(Iptables):
     """:class:`generate.Iptables` over a loaded table's keys, recording Docker's calls.
 
     ``chains`` maps nft chain names (``filter-DOCKER``) to their rules' keys. Every call appends
-    ``(op, table, chain, key)`` to ``log`` (op: add, insert, delete) when Docker's ``-C`` says it
-    changes the chain. Creating a chain or changing a policy raises :class:`Unsupported`.
+    ``(op, table, chain, key, origin)`` to ``log`` (op: add, insert, delete; :data:`record.Call`)
+    when Docker's ``-C`` says it changes the chain. Creating a chain or changing a policy raises :class:`Unsupported`.
     """
 
     def __init__(self, family: Literal["ip", "ip6"], chains: Mapping[str, Sequence[str]] | None) -> None:
         super().__init__(family)
         self.keys = chains or {}
-        self.log: list[tuple[str, str, str, str]] = []
+        self.log: list[Call] = []
         self.counts: dict[tuple[str, str], Counter[str]] = {}
 
     def _count(self, table: str, name: str) -> Counter[str]:
@@ -138,7 +139,7 @@ class ResumeIptables(Iptables):
         key = self._key(table, r)
         if key not in cnt:
             cnt[key] = 1
-            self.log.append((op, table, chain, key))
+            self.log.append((op, table, chain, key, r.origin))
 
     def delete(self, table: str, chain: str, r: Rule) -> None:
         cnt = self._count(table, chain)
@@ -147,7 +148,7 @@ class ResumeIptables(Iptables):
             cnt[key] -= 1
             if not cnt[key]:
                 del cnt[key]
-            self.log.append(("delete", table, chain, key))
+            self.log.append(("delete", table, chain, key, r.origin))
 
     def set_policy(self, table: str, chain: str, policy: Literal["ACCEPT", "DROP"]) -> None:
         raise Unsupported(f"{self.rs.family} {table}-{chain}: a policy change")
@@ -189,5 +190,5 @@ class ResumedFirewall(Firewall):
         self.sysctls = {(k, v): Sysctl(k, v, o) for k, v, o in cp["sysctls"]}
         self.hairpin_ports = list(cp["hairpin_ports"])
 
-    def logs(self) -> dict[str, list[tuple[str, str, str, str]]]:
+    def logs(self) -> dict[str, list[Call]]:
         return {"ip": self.ipt[4].log, "ip6": self.ipt[6].log}  # type: ignore[attr-defined]

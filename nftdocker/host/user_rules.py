@@ -25,14 +25,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from nftdocker.nft import kernel
+from nftdocker.nft.backend import Backend, kernel_message
+from nftdocker.nft.table import USER_RULES_KEY, USER_RULES_TAG
 from nftdocker.errors import ScenarioError
 from nftdocker.inputs import read_bytes
 
-#: the start of the comment nftdocker puts on each of the file's rules
-TAG = "nftdocker user-rules "
-#: the view's key of a tagged rule (see :func:`key_of_comment`); no generated rule has it
-KEY_PREFIX = "\0user-rules "
 FAMILIES = ("ip", "ip6")
 _REFUSED = {";": "';' (one rule a line: it would end the rule)", "{": "'{'", "}": "'}'",
             "#": "'#' after its start (put a comment on a line of its own)", "\\": "a backslash"}
@@ -52,12 +49,12 @@ class UserRule:
     @property
     def comment(self) -> str:
         digest = hashlib.sha256(f"{self.family} {self.text}".encode()).hexdigest()[:16]
-        return TAG + digest
+        return USER_RULES_TAG + digest
 
     @property
     def key(self) -> str:
         """The view's key of this rule (as :func:`key_of_comment` gives it for the kernel's rule)."""
-        return KEY_PREFIX + self.comment
+        return USER_RULES_KEY + self.comment
 
     @property
     def command_text(self) -> str:
@@ -72,19 +69,6 @@ class UserRules:
 
     def of(self, family: str) -> list[UserRule]:
         return [r for r in self.rules if r.family == family]
-
-
-def key_of_comment(comment: str) -> str | None:
-    """The view's key of a kernel rule carrying ``comment``, if it is one of the file's rules."""
-    return KEY_PREFIX + comment if comment.startswith(TAG) else None
-
-
-def is_key(key: str) -> bool:
-    return key.startswith(KEY_PREFIX)
-
-
-def rules_of(ur: UserRules | None, family: str) -> list[UserRule]:
-    return ur.of(family) if ur is not None else []
 
 
 def _bad(path: str, n: int, problem: str) -> ScenarioError:
@@ -135,11 +119,10 @@ def load(path: str) -> UserRules:
     return parse(path, read_bytes(path))
 
 
-def _dry_run(nft: kernel.Nft, family: str, table: str, rules: list[UserRule], bare: bool = False) -> tuple[int, str]:
+def _dry_run(be: Backend, family: str, table: str, rules: list[UserRule], bare: bool = False) -> tuple[int, str]:
     lines = [f"add table {family} {table}", f"add chain {family} {table} filter-DOCKER-USER"]
     lines += [f"add rule {family} {table} filter-DOCKER-USER {r.text if bare else r.command_text}" for r in rules]
-    rc, _, err = nft.run("\n".join(lines) + "\n", check=True)
-    return rc, err
+    return be.dry_run("\n".join(lines) + "\n")
 
 
 def _pointed(err: str, family: str, table: str, text: str) -> str:
@@ -155,7 +138,7 @@ def _pointed(err: str, family: str, table: str, text: str) -> str:
     return ""
 
 
-def check(nft: kernel.Nft, table: str, ur: UserRules | None, families: list[str]) -> None:
+def check(be: Backend, table: str, ur: UserRules | None, families: list[str]) -> None:
     """Have the kernel check (dry run, nothing changes) the file's rules of ``families``; the first
     line it refuses is one ScenarioError naming ``FILE:LINE`` and the kernel's message."""
     if ur is None:
@@ -164,15 +147,14 @@ def check(nft: kernel.Nft, table: str, ur: UserRules | None, families: list[str]
         rules = ur.of(fam)
         if not rules:
             continue
-        rc, err = _dry_run(nft, fam, table, rules)
+        rc, err = _dry_run(be, fam, table, rules)
         if rc == 0:
             continue
-        kernel._raise_environment(err)
         for r in rules:  # bounded by the file's lines: name the first one refused on its own
-            rc1, err1 = _dry_run(nft, fam, table, [r], bare=True)  # the kernel's message about the line as written
+            rc1, err1 = _dry_run(be, fam, table, [r], bare=True)  # the kernel's message about the line as written
             if rc1 == 0:
-                rc1, err1 = _dry_run(nft, fam, table, [r])
+                rc1, err1 = _dry_run(be, fam, table, [r])
             if rc1 != 0:
                 raise _bad(r.path, r.lineno, f"the kernel refuses this rule for {fam} filter-DOCKER-USER: "
-                                             f"{kernel._kernel_message(err1)}{_pointed(err1, fam, table, r.text)}")
-        raise _bad(ur.path, rules[-1].lineno, f"the kernel refuses the file's {fam} rules together: {kernel._kernel_message(err)}")
+                                             f"{kernel_message(err1)}{_pointed(err1, fam, table, r.text)}")
+        raise _bad(ur.path, rules[-1].lineno, f"the kernel refuses the file's {fam} rules together: {kernel_message(err)}")

@@ -3,7 +3,7 @@
 ``watch`` owns nftdocker's table while it runs. Others can still change it: ``nft flush ruleset``
 (the first line of Debian's ``/etc/nftables.conf``, so ``systemctl restart nftables`` does it),
 ``nft delete table``, a rule deleted or added by hand. :class:`KernelWatch` reads the kernel's
-nftables notifications of the namespace (:class:`incremental.Monitor`, a netlink socket on the
+nftables notifications of the namespace (:class:`nftdocker.nft.netlink.Monitor`, a netlink socket on the
 nftables multicast group) in a thread of its own, and hands every commit that touched the table
 and was not made by this process to a callback, as a :class:`Tamper` (what happened, who did it,
 when it was seen). The watcher then restores the table (``watch.Watcher._heal``).
@@ -15,7 +15,7 @@ are kept as the kernel's JSON listing and go back as libnftables JSON, in a seco
 right after the one that re-creates the table: nft 1.0.6's JSON cannot carry the table's
 ownership comment, and nft text cannot carry every string a user may have put in a comment.
 The ``--user-rules`` file's rules (told by their comment) are not remembered: they are part of what
-``kernel.apply`` writes, at the head of ``filter-DOCKER-USER``; the user's rules that stood between
+the full replace writes, at the head of ``filter-DOCKER-USER``; the user's rules that stood between
 them and the ``return`` go back right after them.
 """
 
@@ -27,13 +27,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nftdocker.nft import kernel
-from nftdocker.host import user_rules as urules
+from nftdocker.apply.engine import apply
 from nftdocker.errors import KernelError
-from nftdocker.nft.incremental import (FAMILIES, MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
-                          MSG_NEWTABLE, Event, Monitor)
-
-USER_CHAIN = kernel.USER_CHAIN
+from nftdocker.host import user_rules as urules
+from nftdocker.nft.backend import Nft, kernel_message
+from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE, MSG_NEWTABLE,
+                                   Event, Monitor, chain_names, table_handle)
+from nftdocker.nft import netns as namespaces
+from nftdocker.nft.table import FAMILIES, USER_CHAIN, is_own_chain, key_of_comment, rules_of
 #: how long the reader waits on the socket before looking at the stop flag
 POLL = 0.1
 
@@ -94,7 +95,7 @@ class KernelWatch:
     def __init__(self, netns: str | None, table: str, on_tamper: Callable[[Tamper], None]) -> None:
         self.table = table
         self.on_tamper = on_tamper
-        with kernel.netns(netns):  # the socket belongs to the namespace it is made in
+        with namespaces.netns(netns):  # the socket belongs to the namespace it is made in
             self.mon = Monitor()
         self._stopping = False
         self.thread = threading.Thread(target=self._run, name="nftdocker-kernel-watch", daemon=True)
@@ -158,7 +159,7 @@ def _is_return(rule: dict[str, Any]) -> bool:
 
 def _is_file_rule(rule: dict[str, Any]) -> bool:
     comment = rule.get("comment")
-    return isinstance(comment, str) and urules.key_of_comment(comment) is not None
+    return isinstance(comment, str) and key_of_comment(comment) is not None
 
 
 def _bare(body: dict[str, Any]) -> dict[str, Any]:
@@ -167,11 +168,9 @@ def _bare(body: dict[str, Any]) -> dict[str, Any]:
 
 def read_user_state(netns: str | None, table: str, gen: Any) -> dict[str, UserState]:
     """The user's part of each loaded family's table now (families whose table is absent left out)."""
-    from nftdocker.nft.incremental import chain_names, is_own_chain
-
     out: dict[str, UserState] = {}
-    with kernel.netns(netns):
-        nft = kernel.Nft()
+    with namespaces.netns(netns):
+        nft = Nft()
         for fam in FAMILIES:
             names = chain_names(fam, table)
             if not names:
@@ -223,8 +222,6 @@ def restore_commands(st: UserState, file_rules: int = 0) -> list[dict[str, Any]]
 def touches_ours(tamper: Tamper, gen: Any) -> bool:
     """Did the commits delete or create the table, or change one of nftdocker's chains (other
     than DOCKER-USER)? If not, they were the user's own changes, to be kept."""
-    from nftdocker.nft.incremental import is_own_chain
-
     if tamper.lost:
         return True
     return any(e.msg in (MSG_DELTABLE, MSG_NEWTABLE) or (e.chain != USER_CHAIN and is_own_chain(e.chain))
@@ -250,29 +247,27 @@ class Restored:
 def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[str, UserState],
             user_rules: urules.UserRules | None = None) -> Restored | None:
     """Bring the table back to ``gen``. A family whose table is gone: the whole table again
-    (``kernel.apply``, with the ``--user-rules`` file's rules), then ``kept`` (the user's part, as
+    (a full replace, with the ``--user-rules`` file's rules), then ``kept`` (the user's part, as
     last read) in a second, JSON transaction.
     Otherwise the applier sends only the difference (DOCKER-USER and the user's chains are its
     business, as on every change). None: nothing differed."""
-    from nftdocker.nft.incremental import table_handle
-
-    with kernel.netns(netns):
+    with namespaces.netns(netns):
         missing = [f for f in gen.families() if table_handle(f, table) is None]
     if not missing:
         stats = applier.apply(gen, gen)
         mode = getattr(stats, "mode", "")
         if mode == "noop":
             return None
-        return Restored(mode, getattr(stats, "added", 0), getattr(stats, "removed", 0))
-    kernel.apply(gen, netns, table, user_rules=user_rules)
+        return Restored(mode, getattr(stats, "added_rules", 0), getattr(stats, "removed_rules", 0))
+    apply(gen, netns, table, replace=True, store=False, user_rules=user_rules)
     back = [f for f in missing if f in kept and restore_commands(kept[f])]
-    n_file = {f: len(urules.rules_of(user_rules, f)) for f in back}
+    n_file = {f: len(rules_of(user_rules, f)) for f in back}
     if back:  # a second transaction: JSON, so that nothing of the user's is parsed as nft text
-        with kernel.lock(netns), kernel.netns(netns):
-            nft = kernel.Nft()
+        with namespaces.lock(netns), namespaces.netns(netns):
+            nft = Nft()
             rc, _, err = nft.ctx.json_cmd({"nftables": [c for f in back for c in restore_commands(kept[f], n_file[f])]})
             if rc != 0:
-                raise KernelError(f"the table is back, but the kernel refused the user's rules and chains: {kernel._kernel_message(err)}")
+                raise KernelError(f"the table is back, but the kernel refused the user's rules and chains: {kernel_message(err)}")
     added = sum(len(c.rules) for f in missing for c in gen.rulesets[f].chains.values())
     counts = [kept[f].count() for f in back]
     return Restored("full", added, 0, missing, sum(c[0] for c in counts), sum(c[1] for c in counts))

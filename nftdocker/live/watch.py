@@ -1,7 +1,7 @@
 """Follow a live Docker Engine and keep nftdocker's table in step with it.
 
 ``Watcher.run()``: one full sync (read the daemon with ``live.scenario_from_live``, generate,
-``kernel.apply`` in one transaction), then the Engine's event stream (``live.events``: container
+a full replace in one transaction), then the Engine's event stream (``live.events``: container
 start/stop/die/destroy, network create/destroy/connect/disconnect). Events arriving within
 ``debounce`` seconds of each other (10 ms) are one change: the daemon is read again (a handful of
 API calls), the rules generated, and if they differ from what is loaded, the change is applied and
@@ -25,8 +25,8 @@ state that Docker 28.0.1 would refuse) is logged and the table left as it was; t
 reconnect tries again.
 
 Applying a change: ``Watcher(applier=...)``; the default, ``make_applier``, is
-``incremental.IncrementalApplier`` (only the difference, in one transaction). Full syncs (start, reconnect)
-always replace the whole table with ``kernel.apply``, so that a re-sync is exact whatever happened.
+``nftdocker.apply.applier.IncrementalApplier`` (only the difference, in one transaction). Full syncs (start, reconnect)
+always replace the whole table (``nftdocker.apply.engine.apply``), so that a re-sync is exact whatever happened.
 
 An Engine that is not 28.x (whose firewall nftdocker does not write) gets one warning line on
 standard error (``warn``), and with ``json_logs`` a ``"kind": "warning"`` log line, when first read
@@ -36,7 +36,7 @@ Self-healing (``heal=True``, the default): after the first sync a :class:`heal.K
 the kernel's nftables notifications of the namespace. A commit by another process that deletes the
 table (``nft flush ruleset``, ``nft delete table``) or adds or deletes anything in one of the
 chains nftdocker generates is undone at once: a deleted table is loaded again whole
-(``kernel.apply``, with the ``--user-rules`` file's rules, as every sync and change has them), then
+(a full replace, with the ``--user-rules`` file's rules, as every sync and change has them), then
 the ``filter-DOCKER-USER`` rules and user chains it held as they last were, right after in a
 second transaction (libnftables JSON); anything else goes through the
 applier (only the difference). One line says what happened and what was restored::
@@ -48,7 +48,7 @@ applier (only the difference). One line says what happened and what was restored
 and remembered for the next restore.
 
 ``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
-beside its rules (``kernel.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
+beside its rules (``host.sysctl.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
 new bridge ports); only failures are logged.
 """
 
@@ -65,7 +65,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from nftdocker.errors import DockerError, NftdockerError
-from nftdocker.nft.kernel import USER_CHAIN
+from nftdocker.nft.table import USER_CHAIN
 from nftdocker.nft.render import DEFAULT_TABLE
 
 #: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
@@ -85,13 +85,13 @@ class Applier(Protocol):
 
 
 def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Applier:
-    """The applier the watcher uses for event-driven changes (full syncs always use ``kernel.apply``).
+    """The applier the watcher uses for event-driven changes (full syncs always replace the table).
 
-    ``nftdocker.incremental.IncrementalApplier``: keeps the kernel's rule handles in memory and
+    :class:`nftdocker.apply.applier.IncrementalApplier`: keeps the kernel's rule handles in memory and
     sends only the difference, in one transaction; it notices foreign commits (a full sync, a
     user's ``nft`` command) through the kernel's notifications and reads the table again.
     """
-    from nftdocker.nft.incremental import IncrementalApplier
+    from nftdocker.apply.applier import IncrementalApplier
 
     return IncrementalApplier(netns, table, user_rules)
 
@@ -145,7 +145,7 @@ class Watcher:
         accept_mark: tuple[int, int] | None = None,
         user_rules: Any = None,
     ) -> None:
-        from nftdocker.nft.kernel import check_table_name
+        from nftdocker.nft.table import check_table_name
 
         #: (VALUE, MASK) set on the accepted container traffic (:mod:`accept_mark`), or None
         self.accept_mark = accept_mark
@@ -241,7 +241,7 @@ class Watcher:
     def sync(self, reason: str) -> Change:
         """Read the daemon and load the whole table (always a full replacement); keep the model
         that later events are replayed on (:mod:`replay`)."""
-        from nftdocker.nft import kernel
+        from nftdocker.apply.engine import apply
 
         t0 = time.monotonic()
         self._since = time.time()
@@ -258,7 +258,7 @@ class Watcher:
             self._replay = EventReplay(sc, dump, lambda kind, ident: inspect_one(self.docker_host, kind, ident))
         else:
             gen = self._marked(sc)
-            kernel.apply(gen, self.netns, self.table, user_rules=self.user_rules)
+            apply(gen, self.netns, self.table, replace=True, store=False, user_rules=self.user_rules)
         ms = (time.monotonic() - t0) * 1000
         added, removed = _rule_diff(old, gen.rulesets)
         self.current, self._signature = gen, None
@@ -288,7 +288,7 @@ class Watcher:
     def _replays(self) -> bool:
         """Are events replayed on a kept model? (With the default applier and no accept mark: the
         replay knows Docker's rules, not marked copies of them.)"""
-        from nftdocker.nft.incremental import IncrementalApplier
+        from nftdocker.apply.applier import IncrementalApplier
 
         return isinstance(self.applier, IncrementalApplier) and self.accept_mark is None
 
@@ -319,7 +319,7 @@ class Watcher:
     def _set_sysctls(self, gen: Any) -> None:
         if not self.sysctls:
             return
-        from nftdocker.nft.kernel import apply_sysctls
+        from nftdocker.host.sysctl import apply_sysctls
 
         for attempt in (1, 2):
             try:
@@ -339,7 +339,7 @@ class Watcher:
         """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
         try:
             from nftdocker.compat.translate import rulesets_from_json
-            from nftdocker.nft.kernel import list_objects
+            from nftdocker.nft.listing import list_objects
 
             return rulesets_from_json(list_objects(self.netns, self.table), self.table)
         except Exception:  # noqa: BLE001 - only the log line's counts depend on it

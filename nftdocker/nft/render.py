@@ -157,11 +157,16 @@ def mark_set_json(value: int, mask: int) -> dict[str, Any]:
     return {"mangle": {"key": mark, "value": {"|": [{"&": [mark, (~mask & MARK_BITS) | value]}, value]}}}
 
 
+def policy_word(policy: str | None) -> str:
+    """A built-in chain's iptables policy (ACCEPT/DROP) as nft writes it."""
+    return "drop" if policy == "DROP" else "accept"
+
+
 def chain_header(c: Chain) -> str | None:
     if not c.builtin:
         return None
     typ, hook, prio = c.base
-    policy = "drop" if c.policy == "DROP" else "accept"
+    policy = policy_word(c.policy)
     name = PRIO_NAMES.get(prio, str(prio))
     if (name == "dstnat" and hook != "prerouting") or (name == "srcnat" and hook != "postrouting"):
         name = str(prio)  # nft accepts these names only on their own hook
@@ -266,7 +271,7 @@ def render_json_objects(rulesets: dict[str, Ruleset] | list[Ruleset], table: str
             ch: dict[str, Any] = {"family": rs.family, "table": table, "name": c.nft_name}
             if c.builtin:
                 typ, hook, prio = c.base
-                ch.update({"type": typ, "hook": hook, "prio": prio, "policy": "drop" if c.policy == "DROP" else "accept"})
+                ch.update({"type": typ, "hook": hook, "prio": prio, "policy": policy_word(c.policy)})
             objs.append({"chain": ch})
         for c in chains:
             for r in c.rules:

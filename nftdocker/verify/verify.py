@@ -512,9 +512,9 @@ def _load_legacy(ns: str, text4: str, text6: str) -> None:
 
 def _load_nft(ns: str, gen: Any, table: str) -> None:
     """The generated nft table into ``ns``, replacing any earlier one, in one libnftables transaction."""
-    from nftdocker.nft import kernel
+    from nftdocker.apply.engine import apply
 
-    kernel.apply(gen, netns_name=ns, table=table)
+    apply(gen, netns_name=ns, table=table, replace=True, store=False)
 
 
 class Agent:

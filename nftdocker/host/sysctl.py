@@ -1,0 +1,55 @@
+"""What Docker sets beside its rules: forwarding, route_localnet, bridge-nf-call, port hairpin.
+
+``pyroute2`` (for the bridge ports' hairpin mode) is imported lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nftdocker.docker.generate import Generated, sysctl_path
+from nftdocker.nft.netns import netns
+
+
+def apply_sysctls(gen: Generated, netns_name: str | None = None) -> list[str]:
+    """Set ``gen``'s sysctls (and hairpin on its bridges' ports) in the namespace; one line each."""
+    report: list[str] = []
+    with netns(netns_name):
+        for s in gen.sysctls:
+            path = Path(sysctl_path(s.key))
+            try:
+                path.write_text(s.value + "\n")
+                report.append(f"{s.key} = {s.value} ({s.origin})")
+            except FileNotFoundError:
+                report.append(f"{s.key}: skipped, not present in this namespace ({s.origin})")
+            except OSError as e:
+                report.append(f"{s.key}: failed: {e.strerror} ({s.origin})")
+        if gen.scenario.daemon.hairpin:
+            report.extend(_hairpin_ports(gen))
+    return report
+
+
+def _hairpin_ports(gen: Generated) -> list[str]:
+    try:
+        from pyroute2 import IPRoute  # type: ignore[import-not-found]
+    except ImportError:
+        return ["hairpin: skipped, pyroute2 is not installed (pip install pyroute2)"]
+    out = []
+    bridges = {n.bridge for n in gen.scenario.networks}
+    with IPRoute() as ipr:
+        links = ipr.get_links()  # one listing: veths come and go while containers start
+        index = {l.get_attr("IFLA_IFNAME"): l["index"] for l in links}
+        for br in sorted(bridges):
+            if br not in index:
+                out.append(f"hairpin on {br} ports: skipped, no such bridge")
+                continue
+            for l in links:
+                if l.get_attr("IFLA_MASTER") != index[br]:
+                    continue
+                port = l.get_attr("IFLA_IFNAME")
+                try:
+                    ipr.brport("set", index=l["index"], hairpin_mode=1)
+                    out.append(f"hairpin on {br} port {port}")
+                except Exception as e:  # noqa: BLE001 - the port went away (ENODEV) meanwhile
+                    out.append(f"hairpin on {br} port {port}: skipped ({getattr(e, 'code', e)})")
+    return out
