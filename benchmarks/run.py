@@ -145,7 +145,7 @@ import gc, json, resource, sys, time
 gc.disable()  # as nftdocker's one-shot commands run (nftdocker.cli.ONE_SHOT)
 from nftdocker.scenario.load import load
 from nftdocker.docker.generate import generate
-from nftdocker.nft.render import render_nft
+from nftdocker.nft.replace import render_nft
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 ru = resource.getrusage(resource.RUSAGE_SELF)
 c0 = ru.ru_utime + ru.ru_stime
@@ -177,7 +177,7 @@ def bench_render(path: Path, runs: int, budget: float) -> dict[str, Any]:
 def bench_apply(n: int, ns: str, tmp: Path, runs: int, budget: float) -> dict[str, Any]:
     from nftdocker.apply.engine import apply
     from nftdocker.docker.generate import generate
-    from nftdocker.nft.render import render_nft
+    from nftdocker.nft.replace import render_nft
 
     sc = synthetic.host(n, M, K)
     gen = generate(sc)

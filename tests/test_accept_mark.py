@@ -20,7 +20,8 @@ from nftdocker.compat.translate import compat_of, rulesets_from_json
 from nftdocker.errors import UsageError
 from nftdocker.docker.generate import generate
 from nftdocker.nft.ir import Verdict
-from nftdocker.nft.render import render_json_objects, render_nft, rule_text
+from nftdocker.nft.render import render_json_objects, rule_text
+from nftdocker.nft.replace import render_nft
 from nftdocker.scenario.load import load
 
 MARK = (0x100, 0xFF00)

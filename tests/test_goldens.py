@@ -9,7 +9,8 @@ import pytest
 from conftest import CASES, COMPAT, RULESETS
 from nftdocker.compat.translate import compat_text
 from nftdocker.docker.generate import generate
-from nftdocker.nft.render import render_json, render_json_objects, render_nft
+from nftdocker.nft.render import render_json, render_json_objects
+from nftdocker.nft.replace import render_nft
 from nftdocker.scenario.load import load
 
 

@@ -30,7 +30,8 @@ from nftdocker.errors import CompatError, GenerationError
 from nftdocker.docker.generate import generate
 from nftdocker.nft.ir import Iface, Rule, Ruleset, Verdict
 from nftdocker.compat.reference import diff
-from nftdocker.nft.render import render_json_objects, render_nft, rule_expr, rule_text
+from nftdocker.nft.render import render_json_objects, rule_expr, rule_text
+from nftdocker.nft.replace import render_nft
 from nftdocker.scenario.load import load, loads
 
 from test_verify import netns_ok  # noqa: F401  (the fixture: root, tools, no namespaces left behind)

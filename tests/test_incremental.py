@@ -29,7 +29,7 @@ from nftdocker.nft.backend import Libnftables
 from nftdocker.nft.commit import kernel_views
 from nftdocker.nft.transaction import Transaction, rule
 from nftdocker.docker.generate import generate
-from nftdocker.nft.render import render_nft
+from nftdocker.nft.replace import render_nft
 from nftdocker.scenario.load import load, loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

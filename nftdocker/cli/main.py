@@ -154,7 +154,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     from nftdocker.host.accept_mark import apply as accept_marks
     from nftdocker.docker.generate import generate
     from nftdocker.nft.table import check_table_name
-    from nftdocker.nft.render import render_json, render_nft
+    from nftdocker.nft.render import render_json
+    from nftdocker.nft.replace import render_nft
 
     check_table_name(args.table)
     mark = accept_mark_of(args)

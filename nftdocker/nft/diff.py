@@ -107,7 +107,7 @@ def file_rules_in_place(keys: list[str], file_rules: list[FileRule]) -> bool:
 
 def _rule_op(verb: str, family: str, table: str, w: WChain, idx: int, key: str) -> Op:
     """The operation adding generated rule ``idx`` of ``w`` (its key), with the rule's origin."""
-    return Op(verb, "rule", family, table, w.name, key, None, w.chain.rules[idx].origin or w.name)
+    return Op(verb, "rule", family, table, w.name, key, None, w.chain.rules[idx].origin)
 
 
 def diff(views: dict[str, KTable | None], rulesets: dict[str, Ruleset], table: str,
@@ -287,7 +287,7 @@ def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]],
             tx.add(delete_rule(fam, table, name, h))
             tx.removed += 1
         elif op != "skip":
-            tx.add(rule(op, fam, table, name, key, origin or name))
+            tx.add(rule(op, fam, table, name, key, origin))
             tx.added += 1
     if not tx.ops:
         tx.mode = "noop"

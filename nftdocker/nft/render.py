@@ -173,36 +173,6 @@ def chain_header(c: Chain) -> str | None:
     return f"type {typ} hook {hook} priority {name}; policy {policy};"
 
 
-def render_nft(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE, comments: bool = False) -> str:
-    """nft -f input for the rulesets (non-empty families only)."""
-    rss = list(rulesets.values()) if isinstance(rulesets, dict) else list(rulesets)
-    out: list[str] = []
-    for rs in rss:
-        if rs.is_empty():
-            continue
-        out.append(f"table {rs.family} {table} {{")
-        chains = nft_chains(rs)
-        for i, c in enumerate(chains):
-            out.append(f"\tchain {c.nft_name} {{")
-            hdr = chain_header(c)
-            if hdr:
-                out.append(f"\t\t{hdr}")
-            for r in c.rules:
-                line = rule_text(r, rs, c.table)
-                if comments and r.origin:
-                    line += f' comment "{_comment(r.origin)}"'
-                out.append(f"\t\t{line}")
-            out.append("\t}")
-            if i < len(chains) - 1:
-                out.append("")
-        out.append("}")
-    return "\n".join(out) + ("\n" if out else "")
-
-
-def _comment(text: str) -> str:
-    return text.replace('"', "'")[:128]
-
-
 # ---------------------------------------------------------------------- JSON
 
 

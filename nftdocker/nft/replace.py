@@ -1,5 +1,9 @@
 """The full replace: the one builder of a whole table, and of our chains replaced in place.
 
+:func:`chain_ops` is the one place a ruleset becomes chains and rules in Docker's order: the full
+replace sends them, the in-place replace sends them around the user's part, and
+:func:`render_nft` (``nftdocker render``) writes them as ``nft -f`` input.
+
 A table that holds nothing of the user's is replaced whole: ``add table`` + ``delete table``
 (nft 1.0.6 has no ``destroy``), then the table marked as ours, its chains, then its rules in
 Docker's order, sent in nft's block form. Created anew, the kernel numbers its chains and then
@@ -21,7 +25,8 @@ from nftdocker.nft.ir import Ruleset
 from nftdocker.nft.netlink import Event
 from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, TABLE_MARK, USER_CHAIN, FileRule, RuleFile, is_own_chain, \
     is_user_rules_key, rules_of
-from nftdocker.nft.transaction import Edit, Op, delete_rule, rule
+from nftdocker.nft.render import DEFAULT_TABLE
+from nftdocker.nft.transaction import Edit, Op, delete_rule, rule, table_block
 from nftdocker.nft.view import KChain, KTable, WChain, wanted
 
 
@@ -96,7 +101,7 @@ def chain_ops(want: dict[str, WChain], family: str, table: str, file_rules: list
             ops += [rule("add", family, table, USER_CHAIN, r.command_text, f"--user-rules {r.where}", r.key)
                     for r in file_rules]
         rules, name = w.chain.rules, w.name
-        ops += [Op("add", "rule", family, table, name, k, None, rules[i].origin or name) for i, k in enumerate(w.keys)]
+        ops += [Op("add", "rule", family, table, name, k, None, rules[i].origin) for i, k in enumerate(w.keys)]
     return ops
 
 
@@ -148,3 +153,14 @@ def full(be: Backend, rulesets: dict[str, Ruleset], table: str, user_rules: Rule
         tx.after[fam] = kt
         tx.added += kt.rule_count()
     return tx
+
+
+def render_nft(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE, comments: bool = False) -> str:
+    """``nft -f`` input for the rulesets (non-empty families only): the full replace's tables in
+    block form, a blank line between chains; ``comments``: each rule with its origin."""
+    out: list[str] = []
+    for rs in rulesets.values() if isinstance(rulesets, dict) else rulesets:
+        if not rs.is_empty():
+            out.extend(table_block(rs.family, table, "", chain_ops(wanted(rs), rs.family, table, []), spaced=True,
+                                   comments=comments))
+    return "\n".join(out) + ("\n" if out else "")

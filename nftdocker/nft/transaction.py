@@ -98,25 +98,44 @@ class Transaction:
             if not (op.verb == "add" and op.obj == "table" and op.body):
                 out.append(op.line())
                 continue
-            chains: dict[str, tuple[str, list[str]]] = {}  # the new table's chains: header, rules
-            while i < len(ops) and ops[i].verb == "add" and ops[i].family == op.family and ops[i].table == op.table and (
-                    ops[i].obj == "chain" and ops[i].chain not in chains or ops[i].obj == "rule" and ops[i].chain in chains):
-                nxt = ops[i]
-                if nxt.obj == "chain":
-                    chains[nxt.chain] = (nxt.body, [])
-                else:
-                    chains[nxt.chain][1].append(nxt.body)
-                i += 1
-            out.append(f"table {op.family} {op.table} {{")
-            out.append(f"\t{op.body}")
-            for name, (header, rules) in chains.items():
-                out.append(f"\tchain {name} {{")
-                if header:
-                    out.append(f"\t\t{header}")
-                out.extend([f"\t\t{r}" for r in rules])
-                out.append("\t}")
-            out.append("}")
+            j = i
+            made: set[str] = set()  # the new table's chains, as the ops that follow add them
+            while j < len(ops) and ops[j].verb == "add" and ops[j].family == op.family and ops[j].table == op.table and (
+                    ops[j].obj == "chain" and ops[j].chain not in made or ops[j].obj == "rule" and ops[j].chain in made):
+                if ops[j].obj == "chain":
+                    made.add(ops[j].chain)
+                j += 1
+            out.extend(table_block(op.family, op.table, op.body, ops[i:j]))
+            i = j
         return "\n".join(out) + "\n"
+
+
+def table_block(family: str, table: str, declaration: str, ops: Iterable[Op], spaced: bool = False,
+                comments: bool = False) -> list[str]:
+    """A table in nft's block form, its chains in the order ``ops`` adds them, each with its rules
+    (``add chain`` / ``add rule`` operations). ``declaration``: the table's own line (its comment);
+    ``spaced``: a blank line between chains; ``comments``: each rule with its origin as a comment."""
+    chains: dict[str, tuple[str, list[str]]] = {}
+    for op in ops:
+        if op.obj == "chain":
+            chains[op.chain] = (op.body, [])
+        else:
+            chains[op.chain][1].append(op.body + (f' comment "{_comment(op.origin)}"' if comments and op.origin else ""))
+    out = [f"table {family} {table} {{"] + ([f"\t{declaration}"] if declaration else [])
+    for n, (name, (header, rules)) in enumerate(chains.items()):
+        out.append(f"\tchain {name} {{")
+        if header:
+            out.append(f"\t\t{header}")
+        out.extend([f"\t\t{r}" for r in rules])
+        out.append("\t}")
+        if spaced and n < len(chains) - 1:
+            out.append("")
+    out.append("}")
+    return out
+
+
+def _comment(text: str) -> str:
+    return text.replace('"', "'")[:128]
 
 
 def locate(tx: Transaction, accepted: Callable[[str], bool]) -> int | None:
@@ -144,7 +163,8 @@ def offending(tx: Transaction, message: str, accepted: Callable[[str], bool]) ->
     if n is None:
         return message
     op = tx.ops[n - 1]
-    return f"{message}; offending command {n}: {op.line()}" + (f" (origin: {op.origin})" if op.origin else "")
+    origin = op.origin or (op.chain if op.obj == "rule" and op.verb != "delete" else "")
+    return f"{message}; offending command {n}: {op.line()}" + (f" (origin: {origin})" if origin else "")
 
 
 @dataclass
