@@ -20,7 +20,7 @@ from nftdocker.nft import state
 from nftdocker.nft.commit import commit, kernel_views, learn
 from nftdocker.nft.diff import Replace, calls_edit, diff, plan
 from nftdocker.nft.fake import FakeBackend
-from nftdocker.nft.transaction import Op, Transaction, locate, offending, rule
+from nftdocker.nft.transaction import Block, ChainBlock, Op, Transaction, locate, offending, rule
 from nftdocker.scenario.load import load, loads
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -66,18 +66,23 @@ def test_an_op_renders_one_command_a_line():
 
 
 def test_a_new_table_renders_in_block_form_and_the_rest_flat():
-    tx = Transaction([Op("add", "table", "ip", "t"), Op("delete", "table", "ip", "t"),
-                      Op("add", "table", "ip", "t", body='comment "x";'),
-                      Op("add", "chain", "ip", "t", "a", "type filter hook forward priority filter; policy accept;"),
-                      Op("add", "chain", "ip", "t", "b"),
-                      rule("add", "ip", "t", "a", "jump b"), rule("add", "ip", "t", "b", "return"), rule("add", "ip", "t", "a", "accept"),
+    new = Block("ip", "t", 'comment "x";', [
+        ChainBlock("a", "type filter hook forward priority filter; policy accept;", ["jump b", "accept"], ["moby.a1", "moby.a2"]),
+        ChainBlock("b", "", ["return"], [""])])
+    tx = Transaction([Op("add", "table", "ip", "t"), Op("delete", "table", "ip", "t"), new,
                       Op("delete", "table", "ip6", "t")], block=True)
     assert tx.text == ("add table ip t\ndelete table ip t\ntable ip t {\n\tcomment \"x\";\n"
                        "\tchain a {\n\t\ttype filter hook forward priority filter; policy accept;\n\t\tjump b\n\t\taccept\n\t}\n"
                        "\tchain b {\n\t\treturn\n\t}\n}\ndelete table ip6 t\n")
-    assert tx.flat_text().splitlines()[2:4] == ['add table ip t { comment "x"; }',
-                                                "add chain ip t a { type filter hook forward priority filter; policy accept; }"]
-    assert tx.commands() == 9
+    assert tx.flat_lines() == ["add table ip t", "delete table ip t", 'add table ip t { comment "x"; }',
+                               "add chain ip t a { type filter hook forward priority filter; policy accept; }",
+                               "add chain ip t b", "add rule ip t a jump b", "add rule ip t a accept", "add rule ip t b return",
+                               "delete table ip6 t"]
+    assert tx.commands() == len(tx.ops) == 9
+    assert [op.origin for op in tx.ops if op.obj == "rule"] == ["moby.a1", "moby.a2", ""]
+    assert new.lines(spaced=True, comments=True)[3:9] == ["\t\ttype filter hook forward priority filter; policy accept;",
+                                                         '\t\tjump b comment "moby.a1"', '\t\taccept comment "moby.a2"',
+                                                         "\t}", "", "\tchain b {"]
 
 
 def test_a_refused_block_is_located_on_its_flat_form_with_the_origin():

@@ -111,7 +111,7 @@ class IncrementalApplier:
                     mode = MODES.get(tx.mode, tx.mode)
                 else:
                     tx, self.views, _ = sent
-                    mode = "fast" if tx.ops else "noop"
+                    mode = "fast" if tx else "noop"
         except Exception:
             self.fw = None
             self.gen = None

@@ -172,7 +172,7 @@ def _resume(be: Backend, sc: Scenario, views: dict[str, KTable | None], genid: i
     if sent is None:
         return None
     tx, after, new_genid = sent
-    if not tx.ops:
+    if not tx:
         after, new_genid = views, genid
     elif new_genid != (genid + 1) & 0xFFFFFFFF:
         after = None  # another commit came between reading the state and ours: list the table next time

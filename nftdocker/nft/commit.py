@@ -47,7 +47,7 @@ def commit(be: Backend, tx: Transaction, table: str, check: bool = False, monito
     naming the offending operation and its rule's origin, if the kernel refuses.
     """
     views, genid = _commit(be, tx, table, check, monitor)
-    if store and not check and tx.ops:
+    if store and not check and tx:
         store_views(be, table, views, genid, checkpoint)
     return views, genid
 
@@ -57,7 +57,7 @@ def _commit(be: Backend, tx: Transaction, table: str, check: bool,
     if not isinstance(tx, Edit) or check:
         be.run(tx, check)
         return None, None
-    if not tx.ops:
+    if not tx:
         return dict(tx.after), None
     if tx.mode == "full":
         g0 = be.genid()
@@ -118,7 +118,7 @@ def commit_steps(be: Backend, mon: Monitor, tx: Edit, steps: list[list[Any]],
     """Send ``tx`` (from :func:`diff.calls_edit`); replay ``steps`` on ``views`` (in place) with the
     kernel's handles. Returns (views, generation id of our commit); views are None when the
     notifications did not tell every new rule's handle (then the table must be read again)."""
-    if not tx.ops:
+    if not tx:
         return views, None
     tx.kernel_seconds = be.run(tx)
     got = mon.own_commit(threading.get_native_id())

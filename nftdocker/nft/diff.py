@@ -231,7 +231,7 @@ def diff(views: dict[str, KTable | None], rulesets: dict[str, Ruleset], table: s
         tx.add(op)
         tx.slots.append((op.family, op.chain, idx))
     tx.extend(chain_dels + table_dels)
-    if not tx.ops:
+    if not tx:
         tx.mode = "noop"
     return tx
 
@@ -289,7 +289,7 @@ def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]],
         elif op != "skip":
             tx.add(rule(op, fam, table, name, key, origin))
             tx.added += 1
-    if not tx.ops:
+    if not tx:
         tx.mode = "noop"
     return tx, steps
 

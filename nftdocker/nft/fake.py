@@ -116,13 +116,14 @@ class FakeBackend:
         self.last = tx
         work = copy.deepcopy(self.tables)
         events: list[Event] = []
-        for i, op in enumerate(tx.ops, 1):
+        ops = tx.ops
+        for i, op in enumerate(ops, 1):
             try:
                 self._apply(work, op, events)
             except Refused as e:
                 raise ApplyError(f"the kernel refused the transaction, nothing changed: {e}; offending command {i}: "
                                  f"{op.line()}" + (f" (origin: {op.origin})" if op.origin else "")) from None
-        self._check_jumps(work, tx)
+        self._check_jumps(work, ops)
         if not check:
             self._commit(work, events, threading.get_native_id())
         return 0.0
@@ -196,15 +197,15 @@ class FakeBackend:
         c.rules.insert(0, r) if op.verb == "insert" else c.rules.append(r)
         events.append(Event(MSG_NEWRULE, op.family, op.table, op.chain, handle=r.handle))
 
-    def _check_jumps(self, work: dict[tuple[str, str], FTable], tx: Transaction) -> None:
+    def _check_jumps(self, work: dict[tuple[str, str], FTable], ops: list[Op]) -> None:
         for (fam, table), t in work.items():
             for c in t.chains.values():
                 for r in c.rules:
                     for target in _JUMP.findall(r.body):
                         if target not in t.chains:
-                            at = next((i for i, op in enumerate(tx.ops, 1) if op.obj == "rule" and op.body == r.body
+                            at = next((i for i, op in enumerate(ops, 1) if op.obj == "rule" and op.body == r.body
                                        and op.chain == c.name), None)
-                            op = tx.ops[at - 1] if at else None
+                            op = ops[at - 1] if at else None
                             raise ApplyError(
                                 f"the kernel refused the transaction, nothing changed: Could not process rule: "
                                 f"No such file or directory (jump to chain {target}, which {fam} {table} does not have)"

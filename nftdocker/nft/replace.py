@@ -1,8 +1,8 @@
 """The full replace: the one builder of a whole table, and of our chains replaced in place.
 
-:func:`chain_ops` is the one place a ruleset becomes chains and rules in Docker's order: the full
-replace sends them, the in-place replace sends them around the user's part, and
-:func:`render_nft` (``nftdocker render``) writes them as ``nft -f`` input.
+:func:`chain_block` is the one place a ruleset becomes chains and rules in Docker's order: the full
+replace sends it, the in-place replace sends its operations around the user's part, and
+:func:`render_nft` (``nftdocker render``) writes it as ``nft -f`` input.
 
 A table that holds nothing of the user's is replaced whole: ``add table`` + ``delete table``
 (nft 1.0.6 has no ``destroy``), then the table marked as ours, its chains, then its rules in
@@ -26,7 +26,7 @@ from nftdocker.nft.netlink import Event
 from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, TABLE_MARK, USER_CHAIN, FileRule, RuleFile, is_own_chain, \
     is_user_rules_key, rules_of
 from nftdocker.nft.render import DEFAULT_TABLE
-from nftdocker.nft.transaction import Edit, Op, delete_rule, rule, table_block
+from nftdocker.nft.transaction import Block, ChainBlock, Edit, Op, delete_rule, rule
 from nftdocker.nft.view import KChain, KTable, WChain, wanted
 
 
@@ -79,30 +79,37 @@ def user_content(be: Backend, family: str, table: str, info: Event) -> Kept | No
     return Kept(own, users, has_return, tagged)
 
 
+def chain_block(want: dict[str, WChain], family: str, table: str, file_rules: list[FileRule], declaration: str = "") -> Block:
+    """The wanted chains as a new table's chains, in Docker's order, each rule with its origin;
+    the file's rules first in ``filter-DOCKER-USER``. The one place a ruleset becomes chains and rules."""
+    out = Block(family, table, declaration)
+    for w in want.values():
+        origins = [r.origin for r in w.chain.rules]
+        if w.name == USER_CHAIN and file_rules:
+            out.chains.append(ChainBlock(w.name, w.header or "", [r.command_text for r in file_rules] + w.keys,
+                                         [f"--user-rules {r.where}" for r in file_rules] + origins,
+                                         [r.key for r in file_rules] + [None] * len(w.keys)))
+        else:
+            out.chains.append(ChainBlock(w.name, w.header or "", w.keys, origins))
+    return out
+
+
 def chain_ops(want: dict[str, WChain], family: str, table: str, file_rules: list[FileRule],
               kept: Kept | None = None) -> list[Op]:
-    """``add chain`` then ``add rule`` operations for the wanted chains, in Docker's order, each
-    rule with its origin; the file's rules first in ``filter-DOCKER-USER``. With ``kept`` holding
-    that chain, it stays: the file's rules there are replaced at its head, a ``return`` added if
-    it has none."""
-    keep_user = kept is not None and USER_CHAIN in kept.own
-    ops = [Op("add", "chain", family, table, w.name, w.header or "", origin=f"chain {w.name}")
-           for w in want.values() if not (keep_user and w.name == USER_CHAIN)]
-    for w in want.values():
-        if w.name == USER_CHAIN:
-            if keep_user:
-                assert kept is not None
-                ops += [delete_rule(family, table, USER_CHAIN, h) for h in kept.tagged]
-                ops += [rule("insert", family, table, USER_CHAIN, r.command_text, f"--user-rules {r.where}", r.key)
-                        for r in reversed(file_rules)]
-                if not kept.has_return:
-                    ops.append(rule("add", family, table, USER_CHAIN, "return", "setupUserChain"))
-                continue
-            ops += [rule("add", family, table, USER_CHAIN, r.command_text, f"--user-rules {r.where}", r.key)
-                    for r in file_rules]
-        rules, name = w.chain.rules, w.name
-        ops += [Op("add", "rule", family, table, name, k, None, rules[i].origin) for i, k in enumerate(w.keys)]
-    return ops
+    """:func:`chain_block`'s operations, one by one. With ``kept`` holding ``filter-DOCKER-USER``,
+    that chain stays: the file's rules there are replaced at its head, a ``return`` added if it has none."""
+    ops = chain_block(want, family, table, file_rules).ops()
+    if kept is None or USER_CHAIN not in kept.own:
+        return ops
+    ops = [op for op in ops if op.chain != USER_CHAIN]
+    order = {name: i for i, name in enumerate(want)}
+    mine = order.get(USER_CHAIN, len(order))
+    at = next((i for i, op in enumerate(ops) if op.obj == "rule" and order[op.chain] > mine), len(ops))  # its place among the rules
+    user = [delete_rule(family, table, USER_CHAIN, h) for h in kept.tagged]
+    user += [rule("insert", family, table, USER_CHAIN, r.command_text, f"--user-rules {r.where}", r.key) for r in reversed(file_rules)]
+    if not kept.has_return:
+        user.append(rule("add", family, table, USER_CHAIN, "return", "setupUserChain"))
+    return ops[:at] + user + ops[at:]
 
 
 def in_place(rs: Ruleset | None, family: str, table: str, kept: Kept, file_rules: list[FileRule] | None = None) -> list[Op]:
@@ -142,8 +149,7 @@ def full(be: Backend, rulesets: dict[str, Ruleset], table: str, user_rules: Rule
             tx.add(Op("add", "table", fam, table))
             tx.add(Op("delete", "table", fam, table))
         want = wanted(rulesets[fam])
-        tx.add(Op("add", "table", fam, table, body=TABLE_COMMENT))
-        tx.extend(chain_ops(want, fam, table, file_rules))
+        tx.add(chain_block(want, fam, table, file_rules, TABLE_COMMENT))
         kt = KTable(fam, None)
         handle = len(want)
         for w in want.values():
@@ -161,6 +167,5 @@ def render_nft(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAUL
     out: list[str] = []
     for rs in rulesets.values() if isinstance(rulesets, dict) else rulesets:
         if not rs.is_empty():
-            out.extend(table_block(rs.family, table, "", chain_ops(wanted(rs), rs.family, table, []), spaced=True,
-                                   comments=comments))
+            out.extend(chain_block(wanted(rs), rs.family, table, []).lines(spaced=True, comments=comments))
     return "\n".join(out) + ("\n" if out else "")

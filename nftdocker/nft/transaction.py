@@ -3,9 +3,10 @@
 An :class:`Op` is one command: a verb (add, insert, delete, flush), the object (table, chain,
 rule), where it goes, its text (a rule's statement, a chain's header, a table's comment) and,
 for a rule, its origin (the moby function that made it: ``ports.set_per_port_nat[...]``) and the
-key a view knows it by. A :class:`Transaction` renders its operations one command a line
-(:meth:`Transaction.flat_text`) or, with ``block``, every table it creates anew in nft's block
-form (``table ... { chain ... { ... } }``: libnftables parses it faster, and adds the same
+key a view knows it by. A table created anew whole is one :class:`Block` (its chains, their
+rules' statements and origins), which stands for the same operations. A :class:`Transaction`
+renders one command a line (:meth:`Transaction.flat_text`) or, with ``block``, each Block in nft's
+block form (``table ... { chain ... { ... } }``: libnftables parses it faster, and adds the same
 objects in the same order). Whichever form was sent, a refused transaction is located on its
 flat form (:func:`locate`: bisecting dry-run prefixes), so the error names the offending rule's
 origin.
@@ -59,24 +60,94 @@ def delete_rule(family: str, table: str, chain: str, handle: int) -> Op:
 
 
 @dataclass
-class Transaction:
-    """Typed operations sent in one libnftables call (all or nothing)."""
+class ChainBlock:
+    """One chain of a :class:`Block`: its header, and its rules' statements with their origins."""
 
-    ops: list[Op] = field(default_factory=list)
-    #: render tables created anew in nft's block form
-    block: bool = False
+    name: str
+    header: str
+    bodies: list[str]
+    origins: list[str]
+    #: the view's keys of the rules, where they are not their bodies (``--user-rules``), else None
+    keys: list[str | None] | None = None
 
-    def add(self, op: Op) -> None:
-        self.ops.append(op)
 
-    def extend(self, ops: Iterable[Op] | Transaction) -> None:
-        self.ops.extend(ops.ops if isinstance(ops, Transaction) else ops)
+@dataclass
+class Block:
+    """A table created anew, whole: ``add table`` (with its declaration: the mark), ``add chain``
+    for each chain, then ``add rule`` for each rule, chain by chain. Kept together, so that it
+    renders in nft's block form without a pass over thousands of operations; :meth:`ops` gives
+    the same operations one by one."""
+
+    family: str
+    table: str
+    declaration: str
+    chains: list[ChainBlock] = field(default_factory=list)
+
+    def ops(self) -> list[Op]:
+        fam, table = self.family, self.table
+        out = [Op("add", "table", fam, table, body=self.declaration)] if self.declaration else []
+        out += [Op("add", "chain", fam, table, c.name, c.header, origin=f"chain {c.name}") for c in self.chains]
+        for c in self.chains:
+            keys = c.keys or [None] * len(c.bodies)
+            out += [Op("add", "rule", fam, table, c.name, b, None, o, k) for b, o, k in zip(c.bodies, c.origins, keys)]
+        return out
 
     def commands(self) -> int:
-        return len(self.ops)
+        return (1 if self.declaration else 0) + len(self.chains) + sum(len(c.bodies) for c in self.chains)
+
+    def lines(self, spaced: bool = False, comments: bool = False) -> list[str]:
+        """nft's block form; ``spaced``: a blank line between chains; ``comments``: each rule with its origin."""
+        out = [f"table {self.family} {self.table} {{"] + ([f"\t{self.declaration}"] if self.declaration else [])
+        last = len(self.chains) - 1
+        for n, c in enumerate(self.chains):
+            out.append(f"\tchain {c.name} {{")
+            if c.header:
+                out.append(f"\t\t{c.header}")
+            if comments:
+                out.extend([f'\t\t{b} comment "{_comment(o)}"' if o else f"\t\t{b}" for b, o in zip(c.bodies, c.origins)])
+            else:
+                out.extend(["\t\t" + b for b in c.bodies])
+            out.append("\t}")
+            if spaced and n < last:
+                out.append("")
+        out.append("}")
+        return out
+
+
+def _comment(text: str) -> str:
+    return text.replace('"', "'")[:128]
+
+
+@dataclass
+class Transaction:
+    """Typed operations (and whole new tables) sent in one libnftables call (all or nothing)."""
+
+    items: list[Op | Block] = field(default_factory=list)
+    #: render new tables (:class:`Block`) in nft's block form (else one command a line)
+    block: bool = False
+
+    def add(self, item: Op | Block) -> None:
+        self.items.append(item)
+
+    def extend(self, items: Iterable[Op | Block] | Transaction) -> None:
+        self.items.extend(items.items if isinstance(items, Transaction) else items)
+
+    @property
+    def ops(self) -> list[Op]:
+        """Every operation, in order, one by one."""
+        out: list[Op] = []
+        for it in self.items:
+            if isinstance(it, Block):
+                out.extend(it.ops())
+            else:
+                out.append(it)
+        return out
+
+    def commands(self) -> int:
+        return sum(it.commands() if isinstance(it, Block) else 1 for it in self.items)
 
     def __bool__(self) -> bool:
-        return bool(self.ops)
+        return bool(self.items)
 
     def flat_lines(self) -> list[str]:
         return [op.line() for op in self.ops]
@@ -86,56 +157,16 @@ class Transaction:
 
     @property
     def text(self) -> str:
-        """What is sent: block form for new tables with ``block``, else one command a line."""
-        return self.block_text() if self.block else self.flat_text()
-
-    def block_text(self) -> str:
+        """What is sent: new tables in block form with ``block``, else one command a line."""
+        if not self.block:
+            return self.flat_text()
         out: list[str] = []
-        ops, i = self.ops, 0
-        while i < len(ops):
-            op = ops[i]
-            i += 1
-            if not (op.verb == "add" and op.obj == "table" and op.body):
-                out.append(op.line())
-                continue
-            j = i
-            made: set[str] = set()  # the new table's chains, as the ops that follow add them
-            while j < len(ops) and ops[j].verb == "add" and ops[j].family == op.family and ops[j].table == op.table and (
-                    ops[j].obj == "chain" and ops[j].chain not in made or ops[j].obj == "rule" and ops[j].chain in made):
-                if ops[j].obj == "chain":
-                    made.add(ops[j].chain)
-                j += 1
-            out.extend(table_block(op.family, op.table, op.body, ops[i:j]))
-            i = j
+        for it in self.items:
+            if isinstance(it, Block):
+                out.extend(it.lines())
+            else:
+                out.append(it.line())
         return "\n".join(out) + "\n"
-
-
-def table_block(family: str, table: str, declaration: str, ops: Iterable[Op], spaced: bool = False,
-                comments: bool = False) -> list[str]:
-    """A table in nft's block form, its chains in the order ``ops`` adds them, each with its rules
-    (``add chain`` / ``add rule`` operations). ``declaration``: the table's own line (its comment);
-    ``spaced``: a blank line between chains; ``comments``: each rule with its origin as a comment."""
-    chains: dict[str, tuple[str, list[str]]] = {}
-    for op in ops:
-        if op.obj == "chain":
-            chains[op.chain] = (op.body, [])
-        else:
-            chains[op.chain][1].append(op.body + (f' comment "{_comment(op.origin)}"' if comments and op.origin else ""))
-    out = [f"table {family} {table} {{"] + ([f"\t{declaration}"] if declaration else [])
-    for n, (name, (header, rules)) in enumerate(chains.items()):
-        out.append(f"\tchain {name} {{")
-        if header:
-            out.append(f"\t\t{header}")
-        out.extend([f"\t\t{r}" for r in rules])
-        out.append("\t}")
-        if spaced and n < len(chains) - 1:
-            out.append("")
-    out.append("}")
-    return out
-
-
-def _comment(text: str) -> str:
-    return text.replace('"', "'")[:128]
 
 
 def locate(tx: Transaction, accepted: Callable[[str], bool]) -> int | None:
