@@ -7,7 +7,7 @@ per change: the operation (Docker's run, stop, connect, ...) runs on the kept
 they are (:func:`replay.send_calls`, the path ``apply``'s resume takes): no generation of the host,
 no listing, no diff; the new rules' handles come from the kernel's notifications. A change the
 calls cannot carry (a new chain, a policy) is diffed against the kept view instead. ``apply(new,
-old)`` (the :class:`watch.Applier` interface) loads a host the caller generated. Changes made to
+old)`` (the :class:`nftdocker.live.watch.Applier` interface) loads a host the caller generated. Changes made to
 the table by anyone else are noticed (the notifications of their commits) and the table is read
 again before the next change.
 """
@@ -79,7 +79,7 @@ class IncrementalApplier:
         return st
 
     def apply(self, new: Generated, old: Generated | None = None) -> Result:
-        """:class:`watch.Applier`: load ``new`` (a Generated); ``old`` is what the caller loaded before."""
+        """:class:`nftdocker.live.watch.Applier`: load ``new`` (a Generated); ``old`` is what the caller loaded before."""
         if new is not self.gen:
             self.fw = None  # the caller generated this one: no model to replay on
         return self._send(new)

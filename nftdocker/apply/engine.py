@@ -117,7 +117,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
     here loaded, replay just those on the stored checkpoint instead of generating the host.
 
     ``sysctls``: also set what Docker sets beside its rules (not with ``check``). ``accept_mark``:
-    (VALUE, MASK) of :mod:`accept_mark`; the host is then always generated whole (the checkpoint's
+    (VALUE, MASK) of :mod:`nftdocker.host.accept_mark`; the host is then always generated whole (the checkpoint's
     replay knows Docker's rules, not the marked ones) and no checkpoint is stored. ``user_rules``:
     the ``--user-rules`` file's rules (the host is resumed only when the table holds them already,
     as the file has them; else it is generated and diffed).

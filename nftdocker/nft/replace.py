@@ -99,11 +99,11 @@ def chain_ops(want: dict[str, WChain], family: str, table: str, file_rules: list
     """:func:`chain_block`'s operations, one by one. With ``kept`` holding ``filter-DOCKER-USER``,
     that chain stays: the file's rules there are replaced at its head, a ``return`` added if it has none."""
     ops = chain_block(want, family, table, file_rules).ops()
-    if kept is None or USER_CHAIN not in kept.own:
+    if kept is None or USER_CHAIN not in kept.own or USER_CHAIN not in want:
         return ops
     ops = [op for op in ops if op.chain != USER_CHAIN]
     order = {name: i for i, name in enumerate(want)}
-    mine = order.get(USER_CHAIN, len(order))
+    mine = order[USER_CHAIN]
     at = next((i for i, op in enumerate(ops) if op.obj == "rule" and order[op.chain] > mine), len(ops))  # its place among the rules
     user = [delete_rule(family, table, USER_CHAIN, h) for h in kept.tagged]
     user += [rule("insert", family, table, USER_CHAIN, r.command_text, f"--user-rules {r.where}", r.key) for r in reversed(file_rules)]

@@ -153,7 +153,7 @@ def forget(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> None:
 
 def store_views(be: Backend, table: str, views: dict[str, KTable | None] | None, genid: int | None,
                  checkpoint: dict[str, Any] | None = None) -> None:
-    """Save the table's view after our commit ``genid`` (and the generation checkpoint, see :mod:`resume`)."""
+    """Save the table's view after our commit ``genid`` (and the apply's generation checkpoint: opaque here)."""
     _prune_state(be)
     path = state_path(be, table)
     if views is None or genid is None or any(v is not None and v.handle is None for v in views.values()):
