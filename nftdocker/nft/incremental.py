@@ -64,7 +64,8 @@ from nftdocker.host import user_rules as urules
 from nftdocker.host.accept_mark import apply as accept_marks
 from nftdocker.compat.translate import parse_expr
 from nftdocker.errors import ApplyError, CompatError, EnvironmentProblem, KernelError, NftdockerError, UsageError
-from nftdocker.docker.generate import Firewall, Generated, Iptables
+from nftdocker.docker.generate import Firewall, Generated
+from nftdocker.docker.iptables import Iptables
 from nftdocker.nft.ir import BUILTIN_CHAINS, Chain, Rule, Ruleset
 from nftdocker.model import Container, Scenario
 from nftdocker.nft.render import DEFAULT_TABLE, chain_header, nft_chains, rule_text

@@ -196,11 +196,11 @@ def _pinned_ports(c: Container, bindings: list[Any]) -> list[PortSpec]:
 def _same_order(before: list[PortSpec], after: list[PortSpec]) -> bool:
     """Whether Docker would sort and group the pinned bindings as it did the requested ones
     (exact ports sort before ranges, so pinning an ephemeral port can move it)."""
-    from nftdocker.docker.generate import _need_same_port, _pb_sort_key
+    from nftdocker.docker.hostports import binding_sort_key, need_same_port
 
     def plan(specs: list[PortSpec]) -> list[tuple[int, bool]]:
-        order = sorted(range(len(specs)), key=lambda i: _pb_sort_key(specs[i]))
-        return [(i, k + 1 < len(order) and _need_same_port(specs[i], specs[order[k + 1]]))
+        order = sorted(range(len(specs)), key=lambda i: binding_sort_key(specs[i]))
+        return [(i, k + 1 < len(order) and need_same_port(specs[i], specs[order[k + 1]]))
                 for k, i in enumerate(order)]
 
     return plan(before) == plan(after)
