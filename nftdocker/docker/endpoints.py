@@ -66,7 +66,7 @@ class Endpoints(PortMappings, Links):
     def program_external_connectivity(self, ctr: Container, net: Network, ep: Endpoint) -> None:
         """bridge_linux.go ProgramExternalConnectivity: port mappings, then legacy links when icc is off
         (the daemon passes ``--link`` only to an endpoint on the default bridge)."""
-        self.bindings[ctr.name] = self.add_port_mappings(ctr, net, ep)
+        self.bindings[ctr.name] = tuple(self.add_port_mappings(ctr, net, ep))
         if not net.icc and net.name == DEFAULT_BRIDGE_NETWORK:
             for l in ctr.links:
                 child = self.containers[l.name]
@@ -89,7 +89,7 @@ class Endpoints(PortMappings, Links):
         """bridge_linux.go RevokeExternalConnectivity: the gateway endpoint's rules deleted, its host ports released."""
         self.gateway.pop(name, None)
         self.undo(self.external.pop(name, {}))
-        for b in self.bindings.pop(name, []):
+        for b in self.bindings.pop(name, ()):
             self.ports.release(b.host_ip, b.proto, b.host_port)
 
     def _update_gateway(self, ctr: Container) -> None:

@@ -16,7 +16,8 @@ Pure: no I/O, deterministic.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from types import MappingProxyType
+from typing import Iterable, Mapping
 
 from nftdocker.docker.containers import Containers
 from nftdocker.docker.daemon import DaemonStart
@@ -35,16 +36,30 @@ def sysctl_path(key: str) -> str:
     return "/proc/sys/" + "/".join(parts)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Generated:
-    """The result of generation: one ruleset per family plus what Docker sets beside it."""
+    """The result of generation: one ruleset per family plus what Docker sets beside it.
+
+    A snapshot: it holds its own read-only copies (tuples, read-only mappings, rulesets whose
+    chains the :class:`Firewall` that made it no longer writes), so replaying more of Docker's
+    calls on that firewall leaves it as it is. Made with other values (``dataclasses.replace``),
+    it copies them in the same way; ``bindings`` maps a container to a tuple.
+    """
 
     scenario: Scenario
-    rulesets: dict[str, Ruleset]
-    endpoints: list[Endpoint] = field(default_factory=list)
-    bindings: dict[str, list[Binding]] = field(default_factory=dict)
-    sysctls: list[Sysctl] = field(default_factory=list)
-    hairpin_ports: list[str] = field(default_factory=list)
+    rulesets: Mapping[str, Ruleset]
+    endpoints: tuple[Endpoint, ...] = ()
+    bindings: Mapping[str, tuple[Binding, ...]] = field(default_factory=dict)
+    sysctls: tuple[Sysctl, ...] = ()
+    hairpin_ports: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        freeze = object.__setattr__
+        freeze(self, "rulesets", MappingProxyType(dict(self.rulesets)))
+        freeze(self, "endpoints", tuple(self.endpoints))
+        freeze(self, "bindings", MappingProxyType(dict(self.bindings)))
+        freeze(self, "sysctls", tuple(self.sysctls))
+        freeze(self, "hairpin_ports", tuple(self.hairpin_ports))
 
     def families(self) -> list[str]:
         """The families Docker writes rules for (``ip6`` only while ip6tables is on)."""
@@ -109,13 +124,13 @@ class Firewall(DaemonStart, NetworkRules, Containers):
             self.run_container(ctr)
 
     def generated(self) -> Generated:
-        """The host as replayed so far."""
+        """The host as replayed so far, as a snapshot of its own (later calls leave it as it is)."""
         sc = self.sc
         if sc.events:  # the host as the history left it: its networks, and its running containers in the order they last started
             sc = replace(sc, networks=tuple(self.networks.values()), containers=tuple(self.containers[n] for n in self.running),
                          events=())
-        rulesets = {"ip": self.ipt[4].rs, "ip6": self.ipt[6].rs}
-        return Generated(sc, rulesets, self.endpoints, self.bindings, list(self.sysctls.values()), self.hairpin_ports)
+        return Generated(sc, {"ip": self.ipt[4].snapshot(), "ip6": self.ipt[6].snapshot()}, tuple(self.endpoints), self.bindings,
+                         tuple(self.sysctls.values()), tuple(self.hairpin_ports))
 
 
 def generate(scenario: Scenario) -> Generated:

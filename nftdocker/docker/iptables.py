@@ -94,3 +94,8 @@ class Iptables:
     def set_policy(self, table: str, chain: str, policy: Literal["ACCEPT", "DROP"]) -> None:
         """iptables.SetDefaultPolicy: ``-P``."""
         self.chain(table, chain).policy = policy
+
+    def snapshot(self) -> Ruleset:
+        """The ruleset as it is now, in chains of its own (later calls leave it as it is)."""
+        rs = self.rs
+        return Ruleset(rs.family, {key: Chain(c.table, c.name, list(c.rules), c.policy, c.prio) for key, c in rs.chains.items()})

@@ -46,7 +46,7 @@ class FirewallState:
         self.ipam: dict[tuple[str, int], Pool] = {}
         self.ports = PortAllocator()
         self.endpoints: list[Endpoint] = []
-        self.bindings: dict[str, list[Binding]] = {}
+        self.bindings: dict[str, tuple[Binding, ...]] = {}
         self.hairpin_ports: list[str] = []
         self.networks = {n.name: n for n in scenario.networks}
         self.containers = {c.name: c for c in scenario.containers}

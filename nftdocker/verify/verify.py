@@ -857,7 +857,7 @@ class RuleCoverage:
 
 def without_rule(gen: Any, family: str, chain_key: tuple[str, str], index: int) -> Any:
     """A copy of ``gen`` whose ruleset lacks one rule (for coverage and tests)."""
-    rulesets = copy.deepcopy(gen.rulesets)
+    rulesets = {fam: copy.deepcopy(rs) for fam, rs in gen.rulesets.items()}
     del rulesets[family].chains[chain_key].rules[index]
     return dataclasses.replace(gen, rulesets=rulesets)
 
