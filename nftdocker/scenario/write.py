@@ -28,6 +28,7 @@ from typing import Any
 
 from nftdocker.errors import NftdockerError
 from nftdocker.model import PROTO_ORDER, Container, Daemon, PortSpec, Scenario
+from nftdocker.nft.ir import Ruleset
 
 OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
 
@@ -62,7 +63,7 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     if s.events:  # the host as its history left it, everything pinned as allocated: the same rules,
         # in the order a fresh host would have them (a scenario without events cannot say the history's)
         return dumps(scenario_document(gen.scenario, True, True, gen), header)
-    want = _signature(gen)
+    want = gen.rulesets
     for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
         text = dumps(scenario_document(s, pin_ports, pin_addresses, gen), header)
         if _reproduces(text, want):
@@ -246,18 +247,13 @@ def _publish_strings(specs: list[PortSpec]) -> list[str]:
 # --------------------------------------------------------------------------- checking
 
 
-def _signature(gen: Any) -> Any:
-    from nftdocker.nft.render import render_json_objects
-
-    return render_json_objects(gen.rulesets)
-
-
-def _reproduces(text: str, want: Any) -> bool:
+def _reproduces(text: str, want: dict[str, Ruleset]) -> bool:
+    """Does the scenario file ``text`` generate the rulesets ``want`` (compared as IR, :class:`ir.Ruleset`)?"""
     from nftdocker.docker.generate import generate
     from nftdocker.scenario.load import loads
 
     try:
-        return _signature(generate(loads(text, source="<export>"))) == want
+        return generate(loads(text, source="<export>")).rulesets == want
     except NftdockerError:
         return False
 
