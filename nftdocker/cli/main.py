@@ -175,7 +175,7 @@ def cmd_compat(args: argparse.Namespace) -> int:
         from nftdocker.compat.translate import compat_of
         from nftdocker.docker.generate import generate
 
-        _write(args, compat_of(generate(load_scenario(args)), family))
+        _write(args, compat_of(generate(load_scenario(args)), family, args.table))
     else:
         from nftdocker.nft.kernel import list_objects
 
@@ -189,7 +189,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from nftdocker.compat.reference import diff
 
     ref_text = read_reference(args.reference)
-    ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip")
+    ours = compat_of(generate(load_scenario(args)), "ip6" if args.ipv6 else "ip", args.table)
     if args.semantic:
         from nftdocker.compat.semantic_diff import compare
 

@@ -97,7 +97,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
         for fam, text, name in (("ip", ref4, name4), ("ip6", ref6, name6)):
             if text is not None:
-                semantic[fam] = compare(compat_of(gen, fam), text, name or "reference", version=6 if fam == "ip6" else 4)
+                semantic[fam] = compare(compat_of(gen, fam, args.table), text, name or "reference", version=6 if fam == "ip6" else 4)
         found = [(fam, w) for fam, res in semantic.items() for w in res.witnesses]
         add_probes = lambda plan: sent.extend(plan_witnesses(found, plan, gen))  # noqa: E731
 

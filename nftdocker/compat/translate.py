@@ -10,6 +10,7 @@ iptables' canonical argument order.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Iterable, assert_never
 
@@ -269,6 +270,7 @@ def iptables_ifname(name: str, wildcard: bool = False) -> str:
     return name
 
 
+@lru_cache(maxsize=200_000)  # a host's rules share most of their matches
 def match_args(m: Match) -> str:
     match m:
         case Addr(dir=d, net=net, negate=neg):
@@ -288,6 +290,7 @@ def match_args(m: Match) -> str:
             assert_never(m)
 
 
+@lru_cache(maxsize=65_536)
 def action_args(a: Action) -> str:
     match a:
         case Verdict(kind=k):
@@ -341,8 +344,9 @@ def compat_text(objs: Iterable[dict[str, Any]], family: str, table: str = DEFAUL
     return save_text(rs) if rs is not None else ""
 
 
-def compat_of(gen: Any, family: str) -> str:
+def compat_of(gen: Any, family: str, table: str = DEFAULT_TABLE) -> str:
     """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of a generated host
-    (``generate.Generated``): its rulesets translated as they are."""
+    (``generate.Generated``): its rulesets translated as they are. (``table``, the nft table's name,
+    does not show in the iptables form.)"""
     rs = gen.rulesets.get(family)
     return save_text(rs) if rs is not None else ""

@@ -781,7 +781,7 @@ def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6
             texts.append(ref)
             src[fam] = f"iptables-legacy-restore of {name or 'the reference'}"
         else:
-            texts.append(compat_of(gen, fam))
+            texts.append(compat_of(gen, fam, table))
             src[fam] = "iptables-legacy-restore of nftdocker compat output"
     return texts[0], texts[1], src
 
