@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from nftdocker.verify import verify as vf  # noqa: E402
+from nftdocker.verify.run import verify  # noqa: E402
 from nftdocker.docker.generate import generate  # noqa: E402
 from nftdocker.scenario.load import load  # noqa: E402
 
@@ -41,7 +41,7 @@ def main() -> int:
     phases: list[dict[str, float]] = []
     for i in range(args.runs):
         t = time.monotonic()
-        report = vf.verify(gen)
+        report = verify(gen)
         walls.append(time.monotonic() - t)
         phases.append(report.timings)
         print(f"run {i + 1}: {walls[-1]:.2f} s, {len(report.rows)} probes, {len(report.differences)} differ, "

@@ -284,13 +284,14 @@ def packets_ok():
 @pytest.mark.netns
 def test_packets_beside_a_drop_policy_host_firewall(packets_ok, tmp_path):
     from nftdocker.nft import incremental
-    from nftdocker.verify import verify as vf
+    from nftdocker.verify.run import legacy_texts
+    from nftdocker.verify.session import Session
 
     path = tmp_path / "scenario.toml"
     path.write_text(SCENARIO)
     gen = generate(load(str(path)))
-    t4, t6, _ = vf.legacy_texts(gen, "nftdocker")
-    with vf.Session(gen) as s:
+    t4, t6, _ = legacy_texts(gen, "nftdocker")
+    with Session(gen) as s:
         host = s.ns("nft", "host")
         try:
             s.load_legacy(t4, t6)  # Docker's own rules, and no host firewall: the behaviour to match

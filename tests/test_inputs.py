@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from conftest import COMPAT, ROOT, RULESETS, SHARED_REFERENCE
 from conftest import run_cli as run
-from nftdocker.cli import main as cli
+from nftdocker.cli.output import write_file
 from nftdocker import inputs
 from nftdocker.errors import EnvironmentProblem, GenerationError, ScenarioError, UsageError
 from nftdocker.docker.generate import generate
@@ -187,7 +187,7 @@ def test_output_replaces_the_file_whole_with_the_usual_mode(tmp_path):
     out.write_text("old content that is much longer than the new one\n" * 1000)
     old = os.umask(0o027)
     try:
-        cli.write_file(str(out), "new\n")
+        write_file(str(out), "new\n")
     finally:
         os.umask(old)
     assert out.read_text() == "new\n"
@@ -205,7 +205,7 @@ def test_a_failed_write_removes_its_temporary_file(tmp_path, monkeypatch, err, e
 
     monkeypatch.setattr(os, "replace", fail)
     with pytest.raises(exc) as e:
-        cli.write_file(str(out), "after\n")
+        write_file(str(out), "after\n")
     assert e.value.exit_status == status
     assert e.value.message == f"{out}: cannot write: {os.strerror(err)}"
     assert out.read_text() == "before\n"

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import RULESETS
 from nftdocker.cli import main as cli
-from nftdocker.verify import verify as vf
+from nftdocker.verify.plan import PREFIX
 from nftdocker.docker.generate import generate
 from nftdocker.scenario.load import load
 from test_semantic_diff import PAIRED, _drop_first, _id, _reorder, _scenario, _version
@@ -48,7 +48,7 @@ def netns_ok():
 
 def _ours() -> set[str]:
     try:
-        return {n for n in os.listdir("/run/netns") if n.startswith(f"{vf.PREFIX}-{os.getpid()}")}
+        return {n for n in os.listdir("/run/netns") if n.startswith(f"{PREFIX}-{os.getpid()}")}
     except FileNotFoundError:
         return set()
 

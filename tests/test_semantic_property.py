@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nftdocker.verify import verify as vf
+from nftdocker.verify.run import verify
 from nftdocker.compat.translate import compat_of
 from nftdocker.docker.generate import generate
 from nftdocker.nft.ir import BUILTIN_CHAINS
@@ -133,5 +133,5 @@ def _netns_ready() -> bool:
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(permuted().filter(lambda t: t != TEXT and compare(TEXT, t, "permuted").equivalent))
 def test_equivalent_permutation_agrees_in_namespaces(text):
-    report = vf.verify(GEN, reference4=text, reference_names=("permuted", None))
+    report = verify(GEN, reference4=text, reference_names=("permuted", None))
     assert report.ok, [r.probe.describe() for r in report.differences]

@@ -21,7 +21,11 @@ from unittest import mock
 
 import pytest
 
-from nftdocker.verify import verify as vf
+from nftdocker.verify import agent
+from nftdocker.verify.plan import ECHO_PORT, PREFIX, Probe, plan
+from nftdocker.verify.report import KERNEL_ONLY_NOTE, Outcome, Report, Row
+from nftdocker.verify.run import legacy_texts, verify, without_rule
+from nftdocker.verify.session import Session
 from nftdocker.docker.generate import generate, sysctl_path
 from nftdocker.nft.ir import Dnat, Masquerade, Verdict
 from nftdocker.scenario.load import load
@@ -92,7 +96,7 @@ TWO_NETS_NOPROXY = """\
 
 
 def test_seed_plan_probes_each_path():
-    p = vf.plan(_gen(SEED))
+    p = plan(_gen(SEED))
     got = {(pr.kind, pr.src, pr.addr, pr.port, pr.proto) for pr in p.probes}
     assert ("published", "outside", "203.0.113.1", 8080, "tcp") in got
     assert ("published", "host", "203.0.113.1", 8080, "tcp") in got
@@ -101,8 +105,8 @@ def test_seed_plan_probes_each_path():
     assert ("hairpin", "c1", "203.0.113.1", 8080, "tcp") in got
     assert ("direct", "outside", "192.0.2.2", 80, "tcp") in got
     assert ("direct", "outside", "192.0.2.2", p.unpublished, "tcp") in got
-    assert ("egress", "c1", "203.0.113.2", vf.ECHO_PORT, "tcp") in got
-    assert ("egress", "c1", "203.0.113.2", vf.ECHO_PORT, "udp") in got
+    assert ("egress", "c1", "203.0.113.2", ECHO_PORT, "tcp") in got
+    assert ("egress", "c1", "203.0.113.2", ECHO_PORT, "udp") in got
     assert [pr.kind for pr in p.probes[:2]] == ["control", "control"]
     # hairpin on c1's bridge port, route_localnet on the bridges: Docker's sysctls without the proxy
     assert [l.hairpin for l in p.links] == [True]
@@ -113,8 +117,8 @@ def test_seed_plan_probes_each_path():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_plan_is_consistent(case):
     gen = _gen(case)
-    p = vf.plan(gen)
-    assert p == vf.plan(gen)  # deterministic
+    p = plan(gen)
+    assert p == plan(gen)  # deterministic
     assert [pr.id for pr in p.probes] == list(range(1, len(p.probes) + 1))
     assert len({(pr.src, pr.addr, pr.port, pr.proto) for pr in p.probes}) == len(p.probes)
     nodes = set(p.nodes())
@@ -128,7 +132,7 @@ def test_plan_is_consistent(case):
 
 
 def test_multi_plan_has_isolation_and_both_protocols():
-    p = vf.plan(_gen("multi"))
+    p = plan(_gen("multi"))
     kinds = {pr.kind for pr in p.probes}
     assert {"control", "published", "loopback", "hairpin", "direct", "host-direct", "egress", "isolation"} <= kinds
     assert {pr.proto for pr in p.probes if pr.kind == "published"} == {"tcp", "udp"}
@@ -137,7 +141,7 @@ def test_multi_plan_has_isolation_and_both_protocols():
 
 
 def test_internal_only_container_gets_a_route_to_its_gateway():
-    p = vf.plan(_gen("usernet-internal"))
+    p = plan(_gen("usernet-internal"))
     assert p.routes["c1"] == ["192.0.2.1"] and p.routes["c2"] == ["198.51.100.1"]
 
 
@@ -159,7 +163,7 @@ def test_uplink_avoids_the_scenario_subnets(tmp_path):
         networks = ["a", "b"]
         publish = ["8080:80"]
     """)
-    p = vf.plan(_gen(sc))
+    p = plan(_gen(sc))
     assert str(p.uplink4[0]) == "192.0.2.1/24" and str(p.uplink4[1]) == "192.0.2.2/24"
     assert str(p.uplink6[0]) == "2001:db8:fffe::1/64"
     assert [(l.peer_if, l.bridge) for l in p.links] == [("eth0", "br-a"), ("eth1", "br-b")]
@@ -173,15 +177,15 @@ def test_sysctl_path_keeps_interface_names_whole():
 
 
 def test_report_names_the_probe_that_differs():
-    a = vf.Probe(1, "published", "outside", "host", "203.0.113.1", 8080, "tcp")
-    b = vf.Probe(2, "egress", "c1", "outside", "2001:db8:ffff::2", 7, "udp")
-    rows = [vf.Row(a, vf.Outcome("open", "c1:80", "203.0.113.2"), vf.Outcome("timeout")),
-            vf.Row(b, vf.Outcome("open", "outside:7", "2001:db8:ffff::1"), vf.Outcome("open", "outside:7", "2001:db8:ffff::1"))]
-    r = vf.Report("s.toml", {"ip": "x"}, rows, ["nftdv-1-L-host"], False, 1.5)
+    a = Probe(1, "published", "outside", "host", "203.0.113.1", 8080, "tcp")
+    b = Probe(2, "egress", "c1", "outside", "2001:db8:ffff::2", 7, "udp")
+    rows = [Row(a, Outcome("open", "c1:80", "203.0.113.2"), Outcome("timeout")),
+            Row(b, Outcome("open", "outside:7", "2001:db8:ffff::1"), Outcome("open", "outside:7", "2001:db8:ffff::1"))]
+    r = Report("s.toml", {"ip": "x"}, rows, ["nftdv-1-L-host"], False, 1.5)
     assert not r.ok and [x.probe.id for x in r.differences] == [1]
     text = r.text()
     assert "DIFFERS #1 published outside -> host 203.0.113.1:8080/tcp: legacy open c1:80 (saw 203.0.113.2), nft timeout" in text
-    assert "2 probes: 1 agree, 1 differ" in text and vf.KERNEL_ONLY_NOTE in text
+    assert "2 probes: 1 agree, 1 differ" in text and KERNEL_ONLY_NOTE in text
     assert "c1 -> outside" not in text and "outside [2001:db8:ffff::2]:7/udp" in text
     j = r.to_json()
     assert j["ok"] is False and j["summary"]["differ"] == ["#1 published outside -> host 203.0.113.1:8080/tcp"]
@@ -197,21 +201,21 @@ def test_agent_probe_client_sees_open_refused_and_the_peer():
     srv.bind(("127.0.0.1", 0))
     srv.listen(8)
     port = srv.getsockname()[1]
-    threading.Thread(target=vf._serve_tcp, args=(srv, "c9"), daemon=True).start()
+    threading.Thread(target=agent._serve_tcp, args=(srv, "c9"), daemon=True).start()
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind(("127.0.0.1", 0))
     uport = u.getsockname()[1]
-    threading.Thread(target=vf._serve_udp, args=(u, "c9"), daemon=True).start()
-    got = vf._probe_one({"proto": "tcp", "addr": "127.0.0.1", "port": port}, 2.0)
+    threading.Thread(target=agent._serve_udp, args=(u, "c9"), daemon=True).start()
+    got = agent._probe_one({"proto": "tcp", "addr": "127.0.0.1", "port": port}, 2.0)
     assert got == {"result": "open", "served": f"c9:{port}", "seen": "127.0.0.1", "local": "127.0.0.1"}
-    assert vf._probe_one({"proto": "udp", "addr": "127.0.0.1", "port": uport}, 2.0)["served"] == f"c9:{uport}"
+    assert agent._probe_one({"proto": "udp", "addr": "127.0.0.1", "port": uport}, 2.0)["served"] == f"c9:{uport}"
     srv.close()
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     cport = closed.getsockname()[1]
     closed.close()
-    assert vf._probe_one({"proto": "tcp", "addr": "127.0.0.1", "port": cport}, 2.0)["result"] == "refused"
-    assert vf._probe_one({"proto": "udp", "addr": "127.0.0.1", "port": cport}, 2.0)["result"] == "refused"
+    assert agent._probe_one({"proto": "tcp", "addr": "127.0.0.1", "port": cport}, 2.0)["result"] == "refused"
+    assert agent._probe_one({"proto": "udp", "addr": "127.0.0.1", "port": cport}, 2.0)["result"] == "refused"
 
 
 def test_cli_bad_input_exits_2(tmp_path, capsys):
@@ -254,7 +258,7 @@ def netns_ok():
 
 
 def _ours(pid: int | None = None) -> set[str]:
-    prefix = f"{vf.PREFIX}-{pid or os.getpid()}"
+    prefix = f"{PREFIX}-{pid or os.getpid()}"
     try:
         names = os.listdir("/run/netns")
     except FileNotFoundError:
@@ -292,7 +296,7 @@ def _drop_lines(text: str, needle: str) -> str:
 @pytest.mark.netns
 def test_legacy_without_dnat_is_caught(netns_ok, tmp_path, capsys):
     gen = _gen(SEED)
-    text4, _, _ = vf.legacy_texts(gen, "nftdocker")
+    text4, _, _ = legacy_texts(gen, "nftdocker")
     ref = tmp_path / "iptables-save.txt"
     ref.write_text(_drop_lines(text4, "-j DNAT"))
     assert _main(["verify", str(CASES[SEED] / "scenario.toml"), "--reference", str(ref)]) == 1
@@ -306,7 +310,7 @@ def test_nft_without_dnat_is_caught(netns_ok):
     gen = _gen(SEED)
     key = ("nat", "DOCKER")
     i = next(i for i, r in enumerate(gen.rulesets["ip"].chains[key].rules) if isinstance(r.action, Dnat))
-    r = vf.verify(gen, nft_gen=vf.without_rule(gen, "ip", key, i))
+    r = verify(gen, nft_gen=without_rule(gen, "ip", key, i))
     got = {row.probe.describe(): (row.legacy.result, row.nft.result) for row in r.differences}
     assert got["#3 published outside -> host 203.0.113.1:8080/tcp"] == ("open", "refused")
     assert got["#7 hairpin c1 -> host 203.0.113.1:8080/tcp"] == ("open", "refused")
@@ -315,7 +319,7 @@ def test_nft_without_dnat_is_caught(netns_ok):
 @pytest.mark.netns
 def test_masquerade_turned_into_nothing_is_caught(netns_ok, tmp_path, capsys):
     gen = _gen(SEED)
-    text4, _, _ = vf.legacy_texts(gen, "nftdocker")
+    text4, _, _ = legacy_texts(gen, "nftdocker")
     ref = tmp_path / "iptables-save.txt"
     ref.write_text(_drop_lines(text4, "-s 192.0.2.0/24 ! -o bridge1 -j MASQUERADE"))
     assert _main(["verify", str(CASES[SEED] / "scenario.toml"), "--reference", str(ref), "--json"]) == 1
@@ -334,7 +338,7 @@ def test_nft_without_an_isolation_rule_is_caught(netns_ok, tmp_path):
     key = ("filter", "DOCKER-ISOLATION-STAGE-2")
     rules = gen.rulesets["ip"].chains[key].rules
     i = next(i for i, r in enumerate(rules) if isinstance(r.action, Verdict) and "bridge1" in repr(r.matches))
-    r = vf.verify(gen, nft_gen=vf.without_rule(gen, "ip", key, i))
+    r = verify(gen, nft_gen=without_rule(gen, "ip", key, i))
     got = {row.probe.describe(): (row.legacy.text(), row.nft.text()) for row in r.differences}
     assert got == {"#7 published c2 -> host 203.0.113.1:8080/tcp": ("timeout", "open c1:80")}
 
@@ -358,7 +362,7 @@ def test_nft_without_the_icc_drop_is_caught(netns_ok, tmp_path):
     key = ("filter", "DOCKER-FORWARD")
     rules = gen.rulesets["ip"].chains[key].rules
     i = next(i for i, r in enumerate(rules) if r.action == Verdict("DROP"))
-    r = vf.verify(gen, nft_gen=vf.without_rule(gen, "ip", key, i))
+    r = verify(gen, nft_gen=without_rule(gen, "ip", key, i))
     got = {row.probe.describe(): (row.legacy.text(), row.nft.text()) for row in r.differences}
     assert got["#11 icc c1 -> c2 192.0.2.3:9999/tcp"] == ("timeout", "open c2:9999")
     assert got["#14 icc c2 -> c1 192.0.2.2:9999/udp"] == ("timeout", "open c1:9999")
@@ -371,7 +375,7 @@ def test_nft_without_masquerade_is_caught(netns_ok):
     key = ("nat", "POSTROUTING")
     i = next(i for i, r in enumerate(gen.rulesets["ip"].chains[key].rules)
              if isinstance(r.action, Masquerade) and "192.0.2.0/24" in repr(r.matches))
-    r = vf.verify(gen, nft_gen=vf.without_rule(gen, "ip", key, i))
+    r = verify(gen, nft_gen=without_rule(gen, "ip", key, i))
     seen = {row.probe.describe(): (row.legacy.seen, row.nft.seen) for row in r.differences}
     assert seen == {"#11 egress c1 -> outside 203.0.113.2:7/tcp": ("203.0.113.1", "192.0.2.2"),
                     "#12 egress c1 -> outside 203.0.113.2:7/udp": ("203.0.113.1", "192.0.2.2")}
@@ -396,12 +400,12 @@ def test_keep_leaves_the_namespaces_and_says_how_to_remove_them(netns_ok, capsys
 def test_errors_and_interrupts_clean_up(netns_ok, tmp_path):
     gen = _gen(SEED)
     with pytest.raises(Exception) as e:
-        vf.verify(gen, reference4="*filter\n-A NOSUCHCHAIN -j ACCEPT\nCOMMIT\n")
+        verify(gen, reference4="*filter\n-A NOSUCHCHAIN -j ACCEPT\nCOMMIT\n")
     assert e.value.exit_status == 2 and "iptables-legacy-restore" in str(e.value)
     assert not _ours()
-    with mock.patch.object(vf.Session, "probe", side_effect=KeyboardInterrupt):
+    with mock.patch.object(Session, "probe", side_effect=KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
-            vf.verify(gen)
+            verify(gen)
     assert not _ours()
 
 

@@ -46,9 +46,9 @@ HTTPD = "echo hello-from-{name} > /var/www/index.html && exec httpd -f -p 80 -h 
 
 
 def _cli(*args: str, **kw) -> subprocess.CompletedProcess[str]:
-    """The nftdocker CLI with export/watch registered (python -m nftdocker.cli.live)."""
+    """The nftdocker CLI (python -m nftdocker)."""
     kw.setdefault("timeout", 60)
-    return subprocess.run([sys.executable, "-m", "nftdocker.cli.live", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "nftdocker", *args], capture_output=True, text=True,
                           cwd=ROOT, **kw)
 
 
@@ -281,7 +281,7 @@ def test_watch_command_stops_cleanly_on_sigterm(daemon, logs):
     version = daemon.docker("version", "--format", "{{.Server.Version}}").stdout.strip()
     warning = engine_warning(daemon.host, version)
     p = subprocess.Popen(
-        [sys.executable, "-m", "nftdocker.cli.live", "watch", "--docker-host", daemon.host, "--netns", daemon.netns,
+        [sys.executable, "-m", "nftdocker", "watch", "--docker-host", daemon.host, "--netns", daemon.netns,
          "--table", table, "--daemon-config", daemon.nftdocker_config] + (["--json"] if logs == "json" else []),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

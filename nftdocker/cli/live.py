@@ -3,22 +3,21 @@
     nftdocker export [--docker-host URL] [--daemon-config FILE] [--ipv4-forwarding B] [-o FILE]
     nftdocker watch  [--docker-host URL] [--daemon-config FILE] [--netns NAME] [--table NAME] [--sysctls]
                      [--user-rules FILE] [--json]
-
-``python -m nftdocker.cli.live ARGS`` is ``python -m nftdocker ARGS``.
 """
 
 from __future__ import annotations
 
 import argparse
 import signal
-import sys
-from typing import Any, Sequence
+from typing import Any
+
+from nftdocker.cli.args import accept_mark_of, add_accept_mark_arg, add_live_args, live_scenario
+from nftdocker.cli.output import write_output
+from nftdocker.nft.render import DEFAULT_TABLE
 
 
-def add_live_args(p: argparse.ArgumentParser) -> None:
-    from nftdocker.cli.main import add_live_args as add
-
-    add(p, "the Docker Engine", "the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    add_live_args(p, "the Docker Engine", "the daemon's address (default: $DOCKER_HOST, else unix:///var/run/docker.sock)")
 
 
 def register(sub: Any) -> None:
@@ -27,7 +26,7 @@ def register(sub: Any) -> None:
                        description="Read the networks and containers of a running Docker Engine and write them, "
                                    "with [daemon] from its daemon.json and [host] from the flags, as a scenario "
                                    "file (TOML) that reproduces its firewall exactly.")
-    add_live_args(e)
+    _add_engine_args(e)
     e.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     e.set_defaults(func=cmd_export)
 
@@ -36,14 +35,12 @@ def register(sub: Any) -> None:
                                    "change (within a second); reconnect with backoff and re-sync when the daemon "
                                    "restarts. One log line per change on standard output. SIGTERM/SIGINT stop it "
                                    "and leave the table in place.")
-    add_live_args(w)
+    _add_engine_args(w)
     w.add_argument("--netns", metavar="NAME", help="network namespace (ip netns name); default: the current one")
-    w.add_argument("--table", default="nftdocker", metavar="NAME", help="nft table name (default: nftdocker)")
+    w.add_argument("--table", default=DEFAULT_TABLE, metavar="NAME", help=f"nft table name (default: {DEFAULT_TABLE})")
     w.add_argument("--sysctls", action="store_true",
                    help="after each change also set what Docker sets beside its rules (ip_forward, route_localnet, "
                         "bridge-nf-call, hairpin on bridge ports), as apply --sysctls does")
-    from nftdocker.cli.main import add_accept_mark_arg
-
     add_accept_mark_arg(w)
     w.add_argument("--user-rules", metavar="FILE",
                    help="nft rule statements for filter-DOCKER-USER, one a line, loaded with every apply and restore")
@@ -52,15 +49,13 @@ def register(sub: Any) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from nftdocker.cli.main import _write, live_scenario
     from nftdocker.scenario.write import export_scenario
 
-    _write(args, export_scenario(live_scenario(args)))
+    write_output(args, export_scenario(live_scenario(args)))
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from nftdocker.cli.main import accept_mark_of
     from nftdocker.host.user_rules import load
     from nftdocker.live.watch import Watcher
 
@@ -80,12 +75,3 @@ def cmd_watch(args: argparse.Namespace) -> int:
             signal.signal(sig, old)
     return 0
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from nftdocker.cli import main as cli
-
-    return cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,13 +14,12 @@ import signal
 import sys
 from typing import Any
 
+from nftdocker.cli.args import add_scenario_args, load_scenario, read_reference
 from nftdocker.errors import UsageError
 
 
 def register(sub: Any) -> None:
     """Add the ``verify`` subcommand to an argparse subparsers object."""
-    from nftdocker.cli.main import add_scenario_args
-
     v = sub.add_parser(
         "verify",
         help="prove with packets that the nft table behaves like the iptables rules",
@@ -47,8 +46,6 @@ def register(sub: Any) -> None:
 def _read_reference(path: str | None) -> tuple[str | None, str | None]:
     if path is None:
         return None, None
-    from nftdocker.cli.main import read_reference
-
     text = read_reference(path)
     if re.search(r"^\*\w+\s*$", text, re.M) and re.search(r"^COMMIT\s*$", text, re.M):
         return text, path  # iptables-save text: restore it as it is
@@ -70,12 +67,13 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from nftdocker.verify import verify as vf
-    from nftdocker.cli.main import load_scenario
     from nftdocker.docker.generate import generate
+    from nftdocker.verify.agent import DEFAULT_JOBS, DEFAULT_TIMEOUT
+    from nftdocker.verify.report import removal_command
+    from nftdocker.verify.run import verify
 
-    timeout = vf.DEFAULT_TIMEOUT if args.timeout is None else args.timeout
-    jobs = vf.DEFAULT_JOBS if args.jobs is None else args.jobs
+    timeout = DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+    jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
     if not 0 < timeout <= 30:
         raise UsageError("--timeout must be between 0 and 30 seconds")
     if not 0 < jobs <= 256:
@@ -108,8 +106,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         if args.coverage:
             return _coverage(args, gen, timeout, jobs)
-        report = vf.verify(gen, reference4=ref4, reference6=ref6, reference_names=(name4, name6),
-                           table=args.table, timeout=timeout, jobs=jobs, keep=args.keep, add_probes=add_probes)
+        report = verify(gen, reference4=ref4, reference6=ref6, reference_names=(name4, name6),
+                        table=args.table, timeout=timeout, jobs=jobs, keep=args.keep, add_probes=add_probes)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -121,7 +119,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if checked:
             sys.stdout.write("".join(l + "\n" for l in checked[1]))
     if report.kept and args.json:
-        print(f"namespaces kept; remove them with: {vf.removal_command(report.namespaces)}", file=sys.stderr)
+        print(f"namespaces kept; remove them with: {removal_command(report.namespaces)}", file=sys.stderr)
     return 0 if report.ok and all(r.equivalent for r in semantic.values()) else 1
 
 
@@ -153,10 +151,11 @@ def _witness_report(report: Any, semantic: dict[str, Any], sent: list[Any]) -> t
 
 
 def _coverage(args: argparse.Namespace, gen: Any, timeout: float, jobs: int) -> int:
-    from nftdocker.verify import verify as vf
+    from nftdocker.verify.report import KERNEL_ONLY_NOTE
+    from nftdocker.verify.run import coverage
 
     progress = None if args.json else (lambda line: print(line, flush=True))
-    probes, rules = vf.coverage(gen, table=args.table, timeout=timeout, jobs=jobs, progress=progress)
+    probes, rules = coverage(gen, table=args.table, timeout=timeout, jobs=jobs, progress=progress)
     missed = [r for r in rules if not r.caught_by]
     if args.json:
         print(json.dumps({
@@ -168,5 +167,5 @@ def _coverage(args: argparse.Namespace, gen: Any, timeout: float, jobs: int) -> 
         }, indent=2))
     else:
         print(f"{len(rules)} rules, {len(rules) - len(missed)} caught by some probe, {len(missed)} not caught "
-              f"({vf.KERNEL_ONLY_NOTE})")
+              f"({KERNEL_ONLY_NOTE})")
     return 0

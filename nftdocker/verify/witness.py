@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nftdocker.compat.semantic_diff import Witness
-from nftdocker.verify.verify import ECHO_PORT, Plan, Probe
+from nftdocker.verify.plan import ECHO_PORT, Plan, Probe
 
 
 @dataclass
