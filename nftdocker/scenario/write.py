@@ -27,26 +27,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from nftdocker.errors import NftdockerError
-from nftdocker.model import PROTO_ORDER, Container, Daemon, PortSpec, Scenario
+from nftdocker.model import BRIDGE_OPT, DAEMON_KEYS, HOST_KEYS, PROTO_ORDER, Container, Daemon, PortSpec, Scenario, field_of
 from nftdocker.nft.ir import Ruleset
-
-OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
-
-_DAEMON_FIELDS = (
-    ("userland_proxy", "userland-proxy"),
-    ("icc", "icc"),
-    ("ip_masq", "ip-masq"),
-    ("ip_forward", "ip-forward"),
-    ("ip_forward_no_drop", "ip-forward-no-drop"),
-    ("iptables", "iptables"),
-    ("ip6tables", "ip6tables"),
-    ("ipv6", "ipv6"),
-    ("fixed_cidr_v6", "fixed-cidr-v6"),
-    ("ip", "ip"),
-    ("bridge", "bridge"),
-    ("bip", "bip"),
-    ("fixed_cidr", "fixed-cidr"),
-)
 
 
 def export_scenario(s: Scenario, header: str | None = None) -> str:
@@ -90,7 +72,7 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
     daemon = daemon_table(s.daemon)
     if daemon:
         doc["daemon"] = daemon
-    doc["host"] = {"ipv4-forwarding": s.host.ipv4_forwarding, "ipv6-forwarding": s.host.ipv6_forwarding}
+    doc["host"] = {k: getattr(s.host, field_of(k)) for k in HOST_KEYS}
     nets = []
     for n in s.networks:
         if n.default_bridge:
@@ -109,7 +91,7 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
             t["ip-ranges"] = [str(r) for r in (*n.ip_ranges4, *n.ip_ranges6)]
         opts = dict(n.options)
         # A network inspected without the option has Docker's br-<id> bridge, which a file cannot derive.
-        opts.setdefault(OPT_BRIDGE_NAME, n.bridge)
+        opts.setdefault(BRIDGE_OPT + "name", n.bridge)
         t["options"] = dict(sorted(opts.items()))
         nets.append(t)
     if nets:
@@ -151,7 +133,8 @@ def daemon_table(d: Daemon) -> dict[str, Any]:
     """daemon.json keys whose value differs from dockerd's default."""
     dflt = Daemon()
     out: dict[str, Any] = {}
-    for attr, key in _DAEMON_FIELDS:
+    for key in DAEMON_KEYS:
+        attr = field_of(key)
         v = getattr(d, attr)
         if v == getattr(dflt, attr):
             continue
