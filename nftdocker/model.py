@@ -7,17 +7,24 @@ Docker's vocabulary (``daemon.json`` keys, ``docker network create -o`` options,
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
-from typing import Literal, Union
+from typing import Literal, Union, get_args
 
 IPAddress = Union[IPv4Address, IPv6Address]
 IPNetwork = Union[IPv4Network, IPv6Network]
 Proto = Literal["tcp", "udp", "sctp"]
 GatewayMode = Literal["nat", "nat-unprotected", "routed", "isolated"]
 
+#: the protocols a port is published or exposed with, in the order Docker sorts them
+PROTOS: tuple[Proto, ...] = get_args(Proto)
+PROTO_ORDER: dict[str, int] = {p: i for i, p in enumerate(PROTOS)}
+GATEWAY_MODES: tuple[GatewayMode, ...] = get_args(GatewayMode)
+
 DEFAULT_BRIDGE_NETWORK = "bridge"
-PROTO_ORDER = {"tcp": 0, "udp": 1, "sctp": 2}
+#: ``docker network create -o`` option names start with these
+NETWORK_OPT = "com.docker.network."
+BRIDGE_OPT = NETWORK_OPT + "bridge."
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,23 @@ class Host:
 
     ipv4_forwarding: bool = True
     ipv6_forwarding: bool = False
+
+
+def _file_keys(cls: type) -> dict[str, type]:
+    """A dataclass's fields as a scenario file spells them ('-' for '_'), in field order, each with
+    the type its value has in the file (booleans; addresses and prefixes are strings)."""
+    return {f.name.replace("_", "-"): bool if f.type == "bool" else str for f in fields(cls)}
+
+
+def field_of(key: str) -> str:
+    """The model field a file key names (``ip-masq``: ``ip_masq``)."""
+    return key.replace("-", "_")
+
+
+#: the daemon.json keys a scenario's ``[daemon]`` takes: :class:`Daemon`'s fields
+DAEMON_KEYS: dict[str, type] = _file_keys(Daemon)
+#: the keys of ``[host]``: :class:`Host`'s fields
+HOST_KEYS: dict[str, type] = _file_keys(Host)
 
 
 @dataclass(frozen=True)

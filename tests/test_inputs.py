@@ -23,7 +23,8 @@ from nftdocker.cli.output import write_file
 from nftdocker import inputs
 from nftdocker.errors import EnvironmentProblem, GenerationError, ScenarioError, UsageError
 from nftdocker.docker.generate import generate
-from nftdocker.scenario.load import _Ctx, from_document
+from nftdocker.scenario.context import Context
+from nftdocker.scenario.load import from_document
 
 SEED = RULESETS / "usernet-portmap-noproxy" / "scenario.toml"
 SEED_DOC = COMPAT / "usernet-portmap-noproxy" / "iptablesdoc.txt"
@@ -223,7 +224,7 @@ PORTMAP = SHARED_REFERENCE / "usernet-portmap" / "docker-inspect.json"
 
 
 def _load_dump(dump, source="d.json"):
-    return from_document(_Ctx(source), {}, Path("."), inspect=dump)
+    return from_document(Context(source), {}, Path("."), inspect=dump)
 
 
 def _portmap():

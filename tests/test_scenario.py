@@ -11,7 +11,9 @@ from hypothesis import given, settings, strategies as st
 from nftdocker.errors import GenerationError, ScenarioError
 from nftdocker.docker.generate import generate
 from nftdocker.model import PortSpec
-from nftdocker.scenario.load import _Ctx, from_document, loads, parse_publish
+from nftdocker.scenario.context import Context
+from nftdocker.scenario.load import from_document, loads
+from nftdocker.scenario.publish import parse_publish
 
 SEED = """
 [daemon]
@@ -52,7 +54,7 @@ def test_seed_loads():
     ],
 )
 def test_publish_syntax(spec, want):
-    assert parse_publish(_Ctx("t.toml"), "containers[0].publish[0]", spec) == want
+    assert parse_publish(Context("t.toml"), "containers[0].publish[0]", spec) == want
 
 
 @pytest.mark.parametrize(
@@ -85,7 +87,7 @@ def test_errors_are_located(doc, message):
 def test_inspect_refuses_swarm_ingress():
     dump = {"networks": [{"Name": "ingress", "Driver": "overlay", "Ingress": True, "Scope": "swarm", "IPAM": {}}], "containers": []}
     with pytest.raises(ScenarioError, match="swarm"):
-        from_document(_Ctx("s.toml"), {}, __import__("pathlib").Path("."), inspect=dump)
+        from_document(Context("s.toml"), {}, __import__("pathlib").Path("."), inspect=dump)
 
 
 # ----------------------------------------------------------------------------- fuzzing
@@ -109,7 +111,7 @@ doc_strategy = st.fixed_dictionaries({}, optional={
 def test_fuzz_documents(doc):
     """Any document yields a scenario that generates, or a located ScenarioError; never a traceback."""
     try:
-        sc = from_document(_Ctx("fuzz.toml"), doc, __import__("pathlib").Path("."))
+        sc = from_document(Context("fuzz.toml"), doc, __import__("pathlib").Path("."))
     except ScenarioError as e:
         assert str(e).startswith("fuzz.toml: ")
         return
@@ -132,7 +134,7 @@ def test_fuzz_raw_text(text):
 @given(st.text(alphabet="0123456789:-/[]abcdeftcpudps.", max_size=24))
 def test_fuzz_publish(spec):
     try:
-        out = parse_publish(_Ctx("p.toml"), "k", spec)
+        out = parse_publish(Context("p.toml"), "k", spec)
     except ScenarioError as e:
         assert str(e).startswith("p.toml: k: ")
         return
@@ -148,7 +150,7 @@ def test_fuzz_publish(spec):
                          "containers"]), inner, max_size=4)), max_leaves=15))
 def test_fuzz_inspect(dump):
     try:
-        sc = from_document(_Ctx("i.toml"), {}, __import__("pathlib").Path("."), inspect=dump)
+        sc = from_document(Context("i.toml"), {}, __import__("pathlib").Path("."), inspect=dump)
     except ScenarioError as e:
         assert ": " in str(e)
         return

@@ -172,9 +172,11 @@ def scenario_from_live(
     import json
     from pathlib import Path
 
-    from nftdocker.scenario import load as sc
     from nftdocker.errors import ScenarioError
     from nftdocker.inputs import read_bytes
+    from nftdocker.model import DAEMON_KEYS
+    from nftdocker.scenario.context import Context
+    from nftdocker.scenario.load import from_document
 
     doc: dict[str, Any] = {}
     path = daemon_config or (DEFAULT_DAEMON_CONFIG if Path(DEFAULT_DAEMON_CONFIG).is_file() else None)
@@ -188,7 +190,7 @@ def scenario_from_live(
             raise ScenarioError(str(path), "", f"not JSON: {e}") from None
         if not isinstance(raw, dict):
             raise ScenarioError(str(path), "", "expected a JSON object (dockerd's daemon.json)")
-        doc["daemon"] = {k: v for k, v in raw.items() if k in sc.DAEMON_KEYS and k not in _DAEMON_KEYS_IGNORED}
+        doc["daemon"] = {k: v for k, v in raw.items() if k in DAEMON_KEYS and k not in _DAEMON_KEYS_IGNORED}
     host: dict[str, bool] = {}
     for key, value in (("ipv4-forwarding", ipv4_forwarding), ("ipv6-forwarding", ipv6_forwarding)):
         if value is not None:
@@ -202,7 +204,7 @@ def scenario_from_live(
     warning = engine_warning(url, version)
     if warning and warnings is not None:
         warnings.append(warning)
-    return sc.from_document(sc._Ctx(f"Docker daemon at {url}"), doc, Path("."), inspect=dump)
+    return from_document(Context(f"Docker daemon at {url}"), doc, Path("."), inspect=dump)
 
 
 # --------------------------------------------------------------------------- internals

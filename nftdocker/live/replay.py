@@ -118,25 +118,27 @@ class EventReplay:
     # ------------------------------------------------------------------ one object, as Docker shows it
 
     def _container(self, ident: str) -> Any:
-        from nftdocker.scenario import load as sc
+        from nftdocker.scenario.context import Context
+        from nftdocker.scenario.dump import container_from_inspect
 
         obj = self.inspect("container", ident)
         if obj is None:
             raise Unreplayable(f"container {ident[:12]} is gone")
-        ctx = sc._Ctx(f"container {ident[:12]}")
+        ctx = Context(f"container {ident[:12]}")
         known = {n.name for n in self.scenario.networks} | set(self.net_by_id.values())
         by_id = dict(self.net_by_id)
         try:
-            return sc._container_from_inspect(ctx, "container", obj, known, by_id)
+            return container_from_inspect(ctx, "container", obj, known, by_id)
         except NftdockerError as e:
             raise Unreplayable(e.message) from None
 
     def _network(self, obj: dict[str, Any]) -> Any:
-        from nftdocker.scenario import load as sc
+        from nftdocker.scenario.context import Context
+        from nftdocker.scenario.dump import from_inspect
 
-        ctx = sc._Ctx(f"network {str(obj.get('Id', ''))[:12]}")
+        ctx = Context(f"network {str(obj.get('Id', ''))[:12]}")
         try:
-            nets, _ = sc.from_inspect(ctx, {"networks": [obj], "containers": []}, self.scenario.daemon)
+            nets, _ = from_inspect(ctx, {"networks": [obj], "containers": []}, self.scenario.daemon)
         except NftdockerError as e:
             raise Unreplayable(e.message) from None
         user = [n for n in nets if not n.default_bridge]

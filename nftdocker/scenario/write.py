@@ -27,25 +27,8 @@ from ipaddress import IPv4Address
 from typing import Any
 
 from nftdocker.errors import NftdockerError
-from nftdocker.model import PROTO_ORDER, Container, Daemon, PortSpec, Scenario
-
-OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
-
-_DAEMON_FIELDS = (
-    ("userland_proxy", "userland-proxy"),
-    ("icc", "icc"),
-    ("ip_masq", "ip-masq"),
-    ("ip_forward", "ip-forward"),
-    ("ip_forward_no_drop", "ip-forward-no-drop"),
-    ("iptables", "iptables"),
-    ("ip6tables", "ip6tables"),
-    ("ipv6", "ipv6"),
-    ("fixed_cidr_v6", "fixed-cidr-v6"),
-    ("ip", "ip"),
-    ("bridge", "bridge"),
-    ("bip", "bip"),
-    ("fixed_cidr", "fixed-cidr"),
-)
+from nftdocker.model import BRIDGE_OPT, DAEMON_KEYS, HOST_KEYS, PROTO_ORDER, Container, Daemon, PortSpec, Scenario, field_of
+from nftdocker.nft.ir import Ruleset
 
 
 def export_scenario(s: Scenario, header: str | None = None) -> str:
@@ -62,7 +45,7 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     if s.events:  # the host as its history left it, everything pinned as allocated: the same rules,
         # in the order a fresh host would have them (a scenario without events cannot say the history's)
         return dumps(scenario_document(gen.scenario, True, True, gen), header)
-    want = _signature(gen)
+    want = gen.rulesets
     for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
         text = dumps(scenario_document(s, pin_ports, pin_addresses, gen), header)
         if _reproduces(text, want):
@@ -89,7 +72,7 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
     daemon = daemon_table(s.daemon)
     if daemon:
         doc["daemon"] = daemon
-    doc["host"] = {"ipv4-forwarding": s.host.ipv4_forwarding, "ipv6-forwarding": s.host.ipv6_forwarding}
+    doc["host"] = {k: getattr(s.host, field_of(k)) for k in HOST_KEYS}
     nets = []
     for n in s.networks:
         if n.default_bridge:
@@ -108,7 +91,7 @@ def scenario_document(s: Scenario, pin_ports: bool = True, pin_addresses: bool =
             t["ip-ranges"] = [str(r) for r in (*n.ip_ranges4, *n.ip_ranges6)]
         opts = dict(n.options)
         # A network inspected without the option has Docker's br-<id> bridge, which a file cannot derive.
-        opts.setdefault(OPT_BRIDGE_NAME, n.bridge)
+        opts.setdefault(BRIDGE_OPT + "name", n.bridge)
         t["options"] = dict(sorted(opts.items()))
         nets.append(t)
     if nets:
@@ -150,7 +133,8 @@ def daemon_table(d: Daemon) -> dict[str, Any]:
     """daemon.json keys whose value differs from dockerd's default."""
     dflt = Daemon()
     out: dict[str, Any] = {}
-    for attr, key in _DAEMON_FIELDS:
+    for key in DAEMON_KEYS:
+        attr = field_of(key)
         v = getattr(d, attr)
         if v == getattr(dflt, attr):
             continue
@@ -246,18 +230,13 @@ def _publish_strings(specs: list[PortSpec]) -> list[str]:
 # --------------------------------------------------------------------------- checking
 
 
-def _signature(gen: Any) -> Any:
-    from nftdocker.nft.render import render_json_objects
-
-    return render_json_objects(gen.rulesets)
-
-
-def _reproduces(text: str, want: Any) -> bool:
+def _reproduces(text: str, want: dict[str, Ruleset]) -> bool:
+    """Does the scenario file ``text`` generate the rulesets ``want`` (compared as IR, :class:`ir.Ruleset`)?"""
     from nftdocker.docker.generate import generate
     from nftdocker.scenario.load import loads
 
     try:
-        return _signature(generate(loads(text, source="<export>"))) == want
+        return generate(loads(text, source="<export>")).rulesets == want
     except NftdockerError:
         return False
 
