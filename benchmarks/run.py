@@ -27,6 +27,10 @@ docker     the compat (iptables-save) output replayed one ``iptables-legacy``/``
            sampled: the table is filled to 0, 25, 50, 75 and 95 % with iptables-legacy-restore, the
            next --replay-sample calls are timed at each level, and the total is the number of calls
            times the mean per-call time over the levels (trapezoid); results say so.
+
+And once, at N = --ir-size (300): comparing two hosts (as ``watch`` and ``export`` do) and
+translating one to iptables-save (``compat``), on the rule IR, against the same work done through
+the hosts' libnftables JSON rendering (how both were done before), in the same run.
 """
 
 from __future__ import annotations
@@ -327,6 +331,52 @@ def bench_kernel_commit(ns: str, rules: int, reps: int = 15) -> dict[str, float]
     return out
 
 
+# ---------------------------------------------------------------------- comparing and translating
+
+
+def bench_ir(n: int, runs: int, budget: float) -> dict[str, Any]:
+    """Two equal hosts of ``n`` networks (generated apart, so every rule is compared), compared and
+    translated to iptables-save: on the IR (``Ruleset`` equality, ``compat_of``), and through their
+    JSON rendering (``render_json_objects`` of both compared; ``compat_text`` of one's rendering), the
+    way watch, export and compat did it before. Caches are cleared before each run, as in a fresh
+    ``nftdocker compat``."""
+    from nftdocker.compat import translate
+    from nftdocker.docker.generate import generate
+    from nftdocker.nft import render
+
+    a, b = generate(synthetic.host(n, M, K)), generate(synthetic.host(n, M, K))
+
+    def cold() -> None:
+        for f in (translate.match_args, translate.action_args, render.nft_ifname):
+            f.cache_clear()
+
+    ways: dict[str, Callable[[], Any]] = {
+        "compare_json": lambda: render.render_json_objects(a.rulesets) == render.render_json_objects(b.rulesets),
+        "compare_ir": lambda: a.rulesets == b.rulesets,
+        "translate_json": lambda: translate.compat_text(render.render_json_objects(a.rulesets), "ip"),
+        "translate_ir": lambda: translate.compat_of(a, "ip"),
+    }
+    if not (ways["compare_json"]() and ways["compare_ir"]() and ways["translate_json"]() == ways["translate_ir"]()):
+        raise RuntimeError("the IR and JSON ways disagree")
+
+    def one(fn: Callable[[], Any]) -> tuple[float, float]:
+        cold()
+        c, t = cpu_self(), time.perf_counter()
+        fn()
+        return time.perf_counter() - t, cpu_self() - c
+
+    out: dict[str, Any] = {"n": n, "rules": sum(len(c.rules) for rs in a.rulesets.values() for c in rs.chains.values())}
+    for name, fn in ways.items():
+        got = runs_of(lambda: one(fn), runs, budget)
+        out[name] = med([w for w, _ in got])
+        out[name + "_cpu"] = med([c for _, c in got])
+        out["runs"] = len(got)
+    for what in ("compare", "translate"):
+        out[f"ratio_{what}"] = out[f"{what}_json"] / out[f"{what}_ir"]
+        out[f"ratio_{what}_cpu"] = out[f"{what}_json_cpu"] / out[f"{what}_ir_cpu"]
+    return out
+
+
 # ---------------------------------------------------------------------- Docker's way
 
 REPLAY_CHILD = r"""
@@ -475,6 +525,11 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
           f"{s[small]['render']['rules']} rules", kb["accept, big chain"] / ks["accept, big chain"], 1.5, "<=")
     if "docker" in s[big] and "apply" in s[big]:
         t(f"iptables replay / nftdocker fresh apply, N={big}", s[big]["docker"]["replay"] / s[big]["apply"]["apply"], 100, ">=")
+    if "ir" in res:
+        ir = res["ir"]
+        for what, how in (("compare", "comparing two hosts"), ("translate", "translating a host to iptables-save")):
+            t(f"{how}, N={ir['n']}: through JSON / on the IR", ir[f"ratio_{what}"], 10, ">=")
+            t("  the same, CPU time", ir[f"ratio_{what}_cpu"], 10, ">=")
     return out
 
 
@@ -539,6 +594,17 @@ def markdown(res: dict[str, Any]) -> str:
             kc = res["sizes"][n].get("kernel_commit")
             if kc:
                 L.append(f"| {res['sizes'][n]['render']['rules']} | " + " | ".join(fmt(kc[lbl]) for lbl, _, _ in KERNEL_CASES) + " |")
+    if "ir" in res:
+        ir = res["ir"]
+        L += ["", f"## Comparing and translating a host (N={ir['n']}, {ir['rules']} rules)", "",
+              "`watch` and `export` compare two hosts' rulesets as IR; `compat` translates the IR to iptables-save. "
+              "Before, both went through the hosts' libnftables JSON rendering (both rendered and compared; one "
+              "rendered and parsed back): that way is measured beside, in the same run. Medians of "
+              f"{ir['runs']} runs, caches cleared before each.", "",
+              "| | through JSON (before) | on the IR (now) | ratio (wall, CPU) |", "|---|---|---|---|"]
+        for what, how in (("compare", "compare two hosts"), ("translate", "translate one to iptables-save")):
+            L.append(f"| {how} | {fmt(ir[what + '_json'])} | {fmt(ir[what + '_ir'])} | "
+                     f"{ir['ratio_' + what]:.0f}x, {ir['ratio_' + what + '_cpu']:.0f}x |")
     L += ["", "## Notes", ""]
     L += [f"- {x}" for x in res["notes"]]
     return "\n".join(L) + "\n"
@@ -594,6 +660,7 @@ def main() -> int:
     p.add_argument("--adds", type=int, default=20, help="containers added through the long-running path")
     p.add_argument("--replay-full", type=int, default=600, help="replay every call up to this many, else sample")
     p.add_argument("--replay-sample", type=int, default=20, help="calls timed per fill level when sampling")
+    p.add_argument("--ir-size", type=int, default=300, help="N of the hosts compared and translated (once)")
     p.add_argument("--out", default=str(HERE), help="directory for results.json, results.md, costs.png")
     args = p.parse_args()
     if os.geteuid() != 0:
@@ -624,6 +691,8 @@ def main() -> int:
             s["kernel_commit"] = bench_kernel_commit(ns, s["render"]["rules"])
             print(f"N={n}: Docker's way", file=sys.stderr, flush=True)
             s["docker"] = bench_docker(n, ns_docker, tmp, args.replay_full, args.replay_sample)
+    print(f"N={args.ir_size}: comparing and translating", file=sys.stderr, flush=True)
+    res["ir"] = bench_ir(args.ir_size, runs, budget)
     res["seconds"] = time.monotonic() - t_all
     res["targets"] = targets(res)
     res["notes"] = [

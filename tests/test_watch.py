@@ -33,7 +33,8 @@ from nftdocker.nft import listing
 from nftdocker.compat.translate import compat_of, compat_text
 from nftdocker.docker.generate import generate
 from nftdocker.live.engine import engine_warning, scenario_from_live
-from nftdocker.live.watch import Watcher, _describe, _rule_diff
+from nftdocker.live.batch import describe as _describe, rule_diff as _rule_diff
+from nftdocker.live.watch import Watcher
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = "nftdocker"

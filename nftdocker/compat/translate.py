@@ -1,13 +1,16 @@
-"""The compat layer: an nft table (libnftables JSON) -> iptables-save text.
+"""The compat layer: nftdocker's table, as rule IR, -> iptables-save text.
 
-It reads the table itself, not the scenario, so the same code translates a generated table
-and one listed from a live kernel. Chains named ``<table>-<CHAIN>`` become iptables chains of
-that table; every iptables table present gets all its built-in chains, as iptables-save
-shows them; rules print in iptables' canonical argument order.
+:func:`save_text` translates one family's :class:`ir.Ruleset`: a generated one directly
+(:func:`compat_of`), and one listed from a live kernel once its libnftables JSON is read into
+the IR (:func:`rulesets_from_json`, :func:`compat_text`): JSON is read only where the kernel
+gives it. Chains named ``<table>-<CHAIN>`` become iptables chains of that table; every iptables
+table present gets all its built-in chains, as iptables-save shows them; rules print in
+iptables' canonical argument order.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import IPv6Address, ip_address, ip_network
 from typing import Any, Iterable, assert_never
 
@@ -31,7 +34,7 @@ from nftdocker.nft.ir import (
     Snat,
     Verdict,
 )
-from nftdocker.nft.render import DEFAULT_TABLE, MARK_BITS, nft_ifname, render_json_objects
+from nftdocker.nft.render import DEFAULT_TABLE, MARK_BITS, nft_ifname
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 _PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
@@ -97,7 +100,7 @@ def parse_expr(exprs: list[dict[str, Any]], table_name: str, where: str) -> tupl
             if isinstance(m, L4Proto):
                 l4 = m.proto
             matches.append(m)
-        elif kind in ("counter", "comment"):
+        elif kind == "counter":
             continue
         elif kind in ("accept", "drop", "return"):
             action = Verdict(kind.upper(), mark)  # type: ignore[arg-type]
@@ -242,7 +245,7 @@ def rulesets_from_json(objs: Iterable[dict[str, Any]], table: str = DEFAULT_TABL
             if "handle" in body:
                 where += f" (handle {body['handle']})"
             matches, action = parse_expr(body.get("expr", []), ipt_table, where)
-            c2.rules.append(Rule(tuple(matches), action, origin=body.get("comment", "")))
+            c2.rules.append(Rule(tuple(matches), action))
     return rulesets
 
 
@@ -267,11 +270,13 @@ def iptables_ifname(name: str, wildcard: bool = False) -> str:
     return name
 
 
+@lru_cache(maxsize=200_000)  # a host's rules share most of their matches
 def match_args(m: Match) -> str:
     match m:
         case Addr(dir=d, net=net, negate=neg):
             return f"{'! ' if neg else ''}-{d} {_net(net)}"
         case Iface(dir=d, name=name, negate=neg, wildcard=w):
+            nft_ifname(name, w)  # a name nft cannot hold is in no nft table to translate: refused as writing it is
             return f"{'! ' if neg else ''}-{d} {iptables_ifname(name, w)}"
         case L4Proto(proto=p):
             return f"-p {p}"
@@ -285,6 +290,7 @@ def match_args(m: Match) -> str:
             assert_never(m)
 
 
+@lru_cache(maxsize=65_536)
 def action_args(a: Action) -> str:
     match a:
         case Verdict(kind=k):
@@ -332,12 +338,15 @@ def save_text(rs: Ruleset) -> str:
 
 
 def compat_text(objs: Iterable[dict[str, Any]], family: str, table: str = DEFAULT_TABLE) -> str:
-    """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of an nft table in JSON form."""
-    rulesets = rulesets_from_json(objs, table)
-    rs = rulesets.get(family)
+    """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of an nft table in JSON form
+    (``nft -j list``: the kernel's listing)."""
+    rs = rulesets_from_json(objs, table).get(family)
     return save_text(rs) if rs is not None else ""
 
 
-def compat_of(gen, family: str, table: str = DEFAULT_TABLE) -> str:
-    """The iptables-save text of a generated host: its nft table, in JSON form, translated back."""
-    return compat_text(render_json_objects(gen.rulesets, table), family, table)
+def compat_of(gen: Any, family: str, table: str = DEFAULT_TABLE) -> str:
+    """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of a generated host
+    (``generate.Generated``): its rulesets translated as they are. (``table``, the nft table's name,
+    does not show in the iptables form.)"""
+    rs = gen.rulesets.get(family)
+    return save_text(rs) if rs is not None else ""

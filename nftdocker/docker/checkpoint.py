@@ -24,12 +24,14 @@ from ipaddress import ip_address, ip_network
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from nftdocker.docker import generate
 from nftdocker.nft import ir
 from nftdocker import model
 from nftdocker.nft import render
-from nftdocker.docker.generate import Firewall, Iptables, Sysctl, _Pool
+from nftdocker.docker.generate import Firewall
+from nftdocker.docker.ipam import Pool
+from nftdocker.docker.iptables import Iptables
 from nftdocker.docker.record import Call
+from nftdocker.docker.state import Sysctl
 from nftdocker.nft.ir import Chain, Rule
 from nftdocker.model import Endpoint, Scenario
 from nftdocker.nft.render import rule_text
@@ -53,10 +55,14 @@ def _digest(obj: Any) -> str:
 
 @lru_cache(maxsize=1)
 def code_digest() -> str:
-    """The generation code itself: a checkpoint written by other code (an upgrade) is not resumed."""
+    """The generation code itself (every module of this package, the model, the rule IR and its
+    renderer): a checkpoint written by other code (an upgrade) is not resumed."""
+    package = Path(__file__).parent
+    files = [(f"docker/{p.relative_to(package)}", p) for p in sorted(package.rglob("*.py"))]
+    files += [(Path(m.__file__).name, Path(m.__file__)) for m in (model, ir, render)]  # type: ignore[arg-type]
     h = hashlib.sha256()
-    for path in (generate.__file__, ir.__file__, model.__file__, render.__file__, __file__):
-        h.update(Path(path).read_bytes())  # type: ignore[arg-type]
+    for name, path in files:
+        h.update(name.encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
 
 
@@ -174,7 +180,7 @@ class ResumedFirewall(Firewall):
         f4, f6 = cp["forwarding"]
         self.forwarding = {4: bool(f4), 6: bool(f6)}
         for net, v, subnet, used, rng in cp["ipam"]:
-            pool = _Pool(ip_network(subnet), None, rng and ip_network(rng))
+            pool = Pool(ip_network(subnet), None, rng and ip_network(rng))
             pool.used = set(used)
             self.ipam[(net, int(v))] = pool
         for h, proto, ports in cp["ports"]["taken"]:

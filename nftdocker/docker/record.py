@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Literal
 
-from nftdocker.docker.generate import Firewall, Iptables
+from nftdocker.docker.generate import Firewall
+from nftdocker.docker.iptables import Iptables
 from nftdocker.model import Scenario
 from nftdocker.nft.ir import Chain, Rule
 from nftdocker.nft.render import rule_text

@@ -6,7 +6,13 @@
 nftables notifications of the namespace (:class:`nftdocker.nft.netlink.Monitor`, a netlink socket on the
 nftables multicast group) in a thread of its own, and hands every commit that touched the table
 and was not made by this process to a callback, as a :class:`Tamper` (what happened, who did it,
-when it was seen). The watcher then restores the table (``watch.Watcher._heal``).
+when it was seen). The watcher then restores the table (``watch.Watcher._on_tamper``): a commit
+that deleted the table (``nft flush ruleset``, ``nft delete table``) or added or deleted anything in
+one of the chains nftdocker generates is undone at once. A deleted table is loaded again whole
+(a full replace, with the ``--user-rules`` file's rules, as every sync and change has them), then
+what the user had in it (below) right after, in a second transaction; anything else goes through the
+applier (only the difference). The log line's time runs from the notification until the kernel
+took the restore.
 
 Changes to ``filter-DOCKER-USER`` and to the user's own chains (chains in the table that nftdocker
 does not generate) are the user's: they are not undone, but remembered (:func:`read_user_state`),

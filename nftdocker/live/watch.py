@@ -2,10 +2,10 @@
 
 ``Watcher.run()``: one full sync (read the daemon with ``live.scenario_from_live``, generate,
 a full replace in one transaction), then the Engine's event stream (``live.events``: container
-start/stop/die/destroy, network create/destroy/connect/disconnect). Events arriving within
-``debounce`` seconds of each other (10 ms) are one change: the daemon is read again (a handful of
-API calls), the rules generated, and if they differ from what is loaded, the change is applied and
-logged as one line::
+start/stop/die/destroy, network create/destroy/connect/disconnect), read and gathered into batches
+by :mod:`batch` (events within ``debounce``, 10 ms, of each other are one change). For each
+batch the daemon is read again (a handful of API calls), the rules generated, and if they differ
+from what is loaded (compared as rule IR), the change is applied and logged as one line::
 
     2026-11-25T12:00:00Z container start c1: +7 -0 rules (12 ms)
 
@@ -33,19 +33,11 @@ standard error (``warn``), and with ``json_logs`` a ``"kind": "warning"`` log li
 and again only if a reconnect finds another version.
 
 Self-healing (``heal=True``, the default): after the first sync a :class:`heal.KernelWatch` follows
-the kernel's nftables notifications of the namespace. A commit by another process that deletes the
-table (``nft flush ruleset``, ``nft delete table``) or adds or deletes anything in one of the
-chains nftdocker generates is undone at once: a deleted table is loaded again whole
-(a full replace, with the ``--user-rules`` file's rules, as every sync and change has them), then
-the ``filter-DOCKER-USER`` rules and user chains it held as they last were, right after in a
-second transaction (libnftables JSON); anything else goes through the
-applier (only the difference). One line says what happened and what was restored::
+the kernel's nftables notifications of the namespace, and a commit by another process that deletes
+the table or changes one of the chains nftdocker generates is undone at once (:mod:`heal` says
+how), in one log line::
 
     2026-11-25T12:00:00Z ruleset flushed by nft[4242]: restored with 1 DOCKER-USER rule, 1 user chain: +36 -0 rules (31 ms)
-
-(the time runs from the notification until the kernel took the restore). Changes to
-``filter-DOCKER-USER`` and to chains nftdocker does not generate are the user's: they are kept,
-and remembered for the next restore.
 
 ``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
 beside its rules (``host.sysctl.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
@@ -54,27 +46,17 @@ new bridge ports); only failures are logged.
 
 from __future__ import annotations
 
-import json
-import queue
 import sys
-import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any, Callable, Protocol
 
 from nftdocker.errors import DockerError, NftdockerError
-from nftdocker.nft.table import USER_CHAIN
+from nftdocker.live.batch import (DEBOUNCE, MAX_BATCH, POLL, Change, EventFeed, describe, event_fields, loaded_rulesets,
+                                  log_line, rule_diff)
 from nftdocker.nft.render import DEFAULT_TABLE
 
-#: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
-DEBOUNCE = 0.01
-MAX_BATCH = 0.25
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
-#: How often run() looks at the stop flag while waiting.
-POLL = 0.1
 
 
 class Applier(Protocol):
@@ -94,31 +76,6 @@ def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Appli
     from nftdocker.apply.applier import IncrementalApplier
 
     return IncrementalApplier(netns, table, user_rules)
-
-
-@dataclass
-class Change:
-    """What one sync or event batch did."""
-
-    what: str
-    added: int
-    removed: int
-    ms: float
-    applied: bool
-    events: list[dict[str, Any]] = field(default_factory=list)
-    #: how the applier sent it (IncrementalApplier: diff, full, noop, ...) and in how many commands
-    apply_mode: str = ""
-    commands: int = 0
-
-
-@dataclass
-class _Item:
-    conn: int
-    kind: str  # "event" | "lost" | "kernel"
-    event: dict[str, Any] | None = None
-    error: DockerError | None = None
-    at: float = 0.0
-    tamper: Any = None  # heal.Tamper, for "kernel"
 
 
 class Watcher:
@@ -171,13 +128,11 @@ class Watcher:
         self.heals = 0
         self._replay: Any = None  # replay.EventReplay while events are replayed on the applier's model
         self.current: Any = None  # the Generated loaded now
-        self._signature: Any = None  # _signature(self.current), once known
         self.changes: list[Change] = []
         self.syncs = 0
         self.reconnects = 0
         self._stopping = False  # a plain flag: stop() must be safe in a signal handler (no locks)
-        self._queue: queue.Queue[_Item] = queue.Queue()
-        self._conn = 0
+        self._feed = EventFeed(docker_host, lambda: self._stopping)
         self._since = 0.0
 
     # ------------------------------------------------------------------ public
@@ -186,30 +141,16 @@ class Watcher:
         """Make run() return soon (safe from a signal handler or another thread)."""
         self._stopping = True
 
-    def _wait(self, seconds: float) -> bool:
-        """Wait up to seconds, waking every POLL to look at the stop flag (and restoring the table
-        when the kernel says someone changed it); True if stopped."""
-        deadline = time.monotonic() + seconds
-        while not self._stopping:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            item = self._next(min(POLL, left))
-            if item is not None and item.kind == "kernel":
-                self._on_tamper(item.tamper)
-        return True
-
     def run(self) -> None:
         """Sync, then follow events until stop(). The first sync's errors propagate."""
         self.sync("start")
         if self.heal:
             from nftdocker.live.heal import KernelWatch
 
-            self._kernel_watch = KernelWatch(self.netns, self.table, lambda t: self._queue.put(
-                _Item(-1, "kernel", tamper=t, at=t.at)))
+            self._kernel_watch = KernelWatch(self.netns, self.table, self._feed.tamper)
         backoff = self.backoff_min
         while not self._stopping:
-            self._subscribe()
+            self._feed.subscribe(self._since)
             lost = self._follow()
             if lost is None:
                 break
@@ -217,7 +158,7 @@ class Watcher:
                       f"(backoff {self.backoff_min:g}..{self.backoff_max:g} s)", error=lost.message)
             t_lost = time.monotonic()
             attempts = 0
-            while not self._wait(backoff):
+            while not self._feed.wait(backoff, self._on_tamper):
                 attempts += 1
                 try:
                     self.reconnects += 1
@@ -229,7 +170,7 @@ class Watcher:
                 except NftdockerError as e:
                     self.emit("error", f"error: {e.message}; the table is left as it was", error=e.message)
                     backoff = min(backoff * 2, self.backoff_max)
-        self._conn += 1  # whatever the reader thread still delivers is stale
+        self._feed.close()
         if self._kernel_watch is not None:
             self._kernel_watch.close()
             self._kernel_watch = None
@@ -247,7 +188,7 @@ class Watcher:
         self._since = time.time()
         dump: dict[str, Any] = {}
         sc = self._scenario(dump)
-        old = self.current.rulesets if self.current is not None else self._loaded_rulesets()
+        old = self.current.rulesets if self.current is not None else loaded_rulesets(self.netns, self.table)
         self._replay = None
         if self._replays():
             from nftdocker.live.engine import inspect_one
@@ -260,8 +201,8 @@ class Watcher:
             gen = self._marked(sc)
             apply(gen, self.netns, self.table, replace=True, store=False, user_rules=self.user_rules)
         ms = (time.monotonic() - t0) * 1000
-        added, removed = _rule_diff(old, gen.rulesets)
-        self.current, self._signature = gen, None
+        added, removed = rule_diff(old, gen.rulesets)
+        self.current = gen
         self._remember()
         self._set_sysctls(gen)
         self.syncs += 1
@@ -275,13 +216,7 @@ class Watcher:
         return ch
 
     def emit(self, kind: str, text: str, **fields: Any) -> None:
-        now = datetime.now(timezone.utc)
-        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
-        if self.json_logs:
-            self._log(json.dumps({"time": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-                                  "kind": kind, "message": text, **fields}))
-        else:
-            self._log(f"{stamp} {text}")
+        self._log(log_line(kind, text, self.json_logs, **fields))
 
     # ------------------------------------------------------------------ internals
 
@@ -335,50 +270,10 @@ class Watcher:
             if ": failed: " in line or "pyroute2 is not installed" in line:
                 self.emit("error", f"sysctl {line}", error=line)
 
-    def _loaded_rulesets(self) -> dict[str, Any]:
-        """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
-        try:
-            from nftdocker.compat.translate import rulesets_from_json
-            from nftdocker.nft.listing import list_objects
-
-            return rulesets_from_json(list_objects(self.netns, self.table), self.table)
-        except Exception:  # noqa: BLE001 - only the log line's counts depend on it
-            return {}
-
-    def _subscribe(self) -> None:
-        """Start a reader thread for a new connection; events since the last sync began are replayed."""
-        self._conn += 1
-        conn = self._conn
-        since = f"{self._since:.6f}"
-        t = threading.Thread(target=self._reader, args=(conn, since), name=f"nftdocker-events-{conn}", daemon=True)
-        t.start()
-
-    def _reader(self, conn: int, since: str) -> None:
-        from nftdocker.live.engine import events
-
-        q = self._queue
-        try:
-            for ev in events(self.docker_host, since=since):
-                q.put(_Item(conn, "event", event=ev, at=time.monotonic()))
-                if self._stopping or conn != self._conn:
-                    return
-        except DockerError as e:
-            q.put(_Item(conn, "lost", error=e, at=time.monotonic()))
-        except Exception as e:  # noqa: BLE001 - any failure of the stream is a lost daemon
-            q.put(_Item(conn, "lost", error=DockerError(f"the event stream failed: {type(e).__name__}: {e}"),
-                        at=time.monotonic()))
-
-    def _next(self, timeout: float) -> _Item | None:
-        try:
-            item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-        return item if item.conn == self._conn or item.kind == "kernel" else None
-
     def _follow(self) -> DockerError | None:
         """Apply event batches until the stream is lost (returns the error) or stop() (returns None)."""
         while not self._stopping:
-            item = self._next(POLL)
+            item = self._feed.next(POLL)
             if item is None:
                 continue
             if item.kind == "lost":
@@ -386,34 +281,13 @@ class Watcher:
             if item.kind == "kernel":
                 self._on_tamper(item.tamper)
                 continue
-            batch = [item.event]
-            tampers = []
-            first = item.at
-            lost: DockerError | None = None
-            quiet_until = time.monotonic() + self.debounce
-            while True:
-                wait = min(quiet_until, first + self.max_batch) - time.monotonic()
-                if wait <= 0:
-                    break
-                nxt = self._next(wait)
-                if nxt is None:
-                    if time.monotonic() >= quiet_until:
-                        break
-                    continue
-                if nxt.kind == "lost":
-                    lost = nxt.error
-                    break
-                if nxt.kind == "kernel":
-                    tampers.append(nxt.tamper)  # restored after the batch
-                    continue
-                batch.append(nxt.event)
-                quiet_until = time.monotonic() + self.debounce
+            batch, tampers, lost = self._feed.gather(item, self.debounce, self.max_batch)
             try:
-                self._apply_batch([e for e in batch if e is not None], first)
+                self._apply_batch([e for e in batch if e is not None], item.at)
             except DockerError as e:
                 lost = e
             except NftdockerError as e:
-                self.emit("error", f"{_describe(batch)}: error: {e.message}; the table is left as it was",
+                self.emit("error", f"{describe(batch)}: error: {e.message}; the table is left as it was",
                           error=e.message)
             for t in tampers:
                 self._on_tamper(t)
@@ -426,23 +300,21 @@ class Watcher:
             return self._replay_batch(batch, first)
         gen = self._generate()
         old = self.current
-        sig = _signature(gen)
-        changed = old is None or (self._signature if self._signature is not None else _signature(old)) != sig
+        changed = old is None or old.rulesets != gen.rulesets
         stats = self.applier.apply(gen, old) if changed else None
         ms = (time.monotonic() - first) * 1000
-        self.current, self._signature = gen, sig
+        self.current = gen
         if changed:
             self._set_sysctls(gen)
-        added, removed = _rule_diff(old.rulesets if old is not None else {}, gen.rulesets)
-        what = _describe(batch)
+        added, removed = rule_diff(old.rulesets if old is not None else {}, gen.rulesets)
+        what = describe(batch)
         ch = Change(what, added, removed, ms, changed, list(batch),
                     getattr(stats, "mode", ""), getattr(stats, "commands", 0))
         self.changes.append(ch)
         if not changed:
             return ch  # e.g. the network connect that precedes a container's start: nothing to log
         self.emit("change", f"{what}: +{added} -{removed} rules ({ms:.0f} ms)",
-                  events=[{k: e.get(k) for k in ("type", "action", "id")} | {"name": e.get("attributes", {}).get("name")}
-                          for e in batch],
+                  events=[event_fields(e) for e in batch],
                   added=added, removed=removed, ms=round(ms, 1),
                   **({"apply_mode": stats.mode, "commands": stats.commands} if hasattr(stats, "mode") else {}))
         return ch
@@ -462,24 +334,24 @@ class Watcher:
                 what = self._replay.step(fw, ev)  # type: ignore[union-attr]
                 ops = [op for l, n in zip(logs, before) for op, *_ in l[n:]]
                 if what is not None or ops:
-                    steps.append((what or _describe([ev]), sum(o in ("add", "insert") for o in ops), ops.count("delete"), ev))
+                    steps.append((what or describe([ev]), sum(o in ("add", "insert") for o in ops), ops.count("delete"), ev))
 
         try:
             stats = self.applier.replay(operation)  # type: ignore[attr-defined]
         except (Unreplayable, GenerationError) as e:
             reason = e.message if isinstance(e, GenerationError) else str(e)
-            return self.sync(f"re-sync, the kept model cannot follow {_describe(batch)}: {reason}")
+            return self.sync(f"re-sync, the kept model cannot follow {describe(batch)}: {reason}")
         gen = self.applier.gen  # type: ignore[attr-defined]
         ms = (time.monotonic() - first) * 1000
-        self.current, self._signature = gen, None
+        self.current = gen
         added, removed = sum(s[1] for s in steps), sum(s[2] for s in steps)
         if steps:
             self._set_sysctls(gen)
-        ch = Change(_describe(batch), added, removed, ms, bool(steps), list(batch), stats.mode, stats.commands)
+        ch = Change(describe(batch), added, removed, ms, bool(steps), list(batch), stats.mode, stats.commands)
         self.changes.append(ch)
         for what, a, r, ev in steps:
             self.emit("change", f"{what}: +{a} -{r} rules ({ms:.0f} ms)",
-                      events=[{k: ev.get(k) for k in ("type", "action", "id")} | {"name": (ev.get("attributes") or {}).get("name")}],
+                      events=[event_fields(ev)],
                       added=a, removed=r, ms=round(ms, 1), apply_mode=stats.mode, commands=stats.commands)
         return ch
 
@@ -524,47 +396,4 @@ class Watcher:
                   apply_mode=done.mode)
 
 
-# ---------------------------------------------------------------------- helpers
-
-
-def _signature(gen: Any) -> Any:
-    from nftdocker.nft.render import render_json_objects
-
-    return render_json_objects(gen.rulesets)
-
-
-def _rule_counter(rulesets: dict[str, Any]) -> Counter:
-    c: Counter = Counter()
-    for fam, rs in rulesets.items():
-        for (t, n), ch in rs.chains.items():
-            if ch.nft_name == USER_CHAIN:
-                continue  # its user rules are kept on every change
-            for r in ch.rules:
-                c[(fam, t, n, r)] += 1
-    return c
-
-
-def _rule_diff(old: dict[str, Any], new: dict[str, Any]) -> tuple[int, int]:
-    """(rules added, rules removed) from old to new, as multisets per chain (DOCKER-USER left out)."""
-    a, b = _rule_counter(old), _rule_counter(new)
-    return sum((b - a).values()), sum((a - b).values())
-
-
-def _describe(batch: list[dict[str, Any] | None]) -> str:
-    """``container start c1`` / ``network create n1, container start c1``; a network connect or
-    disconnect of a container that has its own event in the batch is left out."""
-    evs = [e for e in batch if e]
-    ctr_ids = {e.get("id") for e in evs if e.get("type") == "container"}
-    parts: list[str] = []
-    for e in evs:
-        attrs = e.get("attributes") or {}
-        if e.get("type") == "network" and e.get("action") in ("connect", "disconnect") and attrs.get("container") in ctr_ids:
-            continue
-        name = attrs.get("name") or str(e.get("id", ""))[:12]
-        text = f"{e.get('type')} {e.get('action')} {name}"
-        if text not in parts:
-            parts.append(text)
-    return ", ".join(parts) or "events"
-
-
-__all__ = ["Watcher", "Change", "Applier", "make_applier"]
+__all__ = ["Watcher", "Applier", "make_applier"]

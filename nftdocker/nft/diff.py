@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import Any
+from typing import Any, Mapping
 
 from nftdocker.nft.backend import Backend
 from nftdocker.nft.ir import Ruleset
@@ -110,7 +110,7 @@ def _rule_op(verb: str, family: str, table: str, w: WChain, idx: int, key: str) 
     return Op(verb, "rule", family, table, w.name, key, None, w.chain.rules[idx].origin)
 
 
-def diff(views: dict[str, KTable | None], rulesets: dict[str, Ruleset], table: str,
+def diff(views: dict[str, KTable | None], rulesets: Mapping[str, Ruleset], table: str,
          user_rules: RuleFile | None = None) -> Edit:
     """The in-place edit from ``views`` (the kernel's tables, by family) to ``rulesets``; raises Replace.
 
@@ -294,7 +294,7 @@ def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]],
     return tx, steps
 
 
-def plan(be: Backend, views: dict[str, KTable | None] | None, rulesets: dict[str, Ruleset], table: str,
+def plan(be: Backend, views: dict[str, KTable | None] | None, rulesets: Mapping[str, Ruleset], table: str,
          user_rules: RuleFile | None = None, replace: bool = False) -> tuple[Edit, str]:
     """The one "diff, or replace when the difference is larger": the in-place edit from ``views``
     to ``rulesets``, or the full replace (``replace``, or :func:`diff` said so); and why it is a

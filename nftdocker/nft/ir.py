@@ -269,7 +269,12 @@ BASE_CHAINS: dict[tuple[str, str], tuple[str, str, int]] = {
 
 @dataclass
 class Chain:
-    """A chain: its iptables table and name, policy for built-ins, and rules in order."""
+    """A chain: its iptables table and name, policy for built-ins, and rules in order.
+
+    Equal when every field is: table, name, policy, priority and the rules in order (each
+    :class:`Rule` equal by matches and action, its origin left out). This is how two hosts'
+    tables are compared (``watch``, ``export``), without rendering either.
+    """
 
     table: str
     name: str
@@ -295,7 +300,12 @@ class Chain:
 
 @dataclass
 class Ruleset:
-    """What one address family's iptables would hold: tables of chains, in creation order."""
+    """What one address family's iptables would hold: tables of chains, in creation order.
+
+    Equal by family and chains, each :class:`Chain` by its key: the order in which chains were
+    created does not count, as the renderers write them in an order of their own
+    (:meth:`ordered_chains`).
+    """
 
     family: Literal["ip", "ip6"]
     chains: dict[tuple[str, str], Chain] = field(default_factory=dict)

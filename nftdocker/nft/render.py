@@ -12,7 +12,7 @@ import json
 import re
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network
-from typing import Any, assert_never
+from typing import Any, Mapping, Sequence, assert_never
 
 from nftdocker.errors import GenerationError
 from nftdocker.nft.ir import (
@@ -228,9 +228,9 @@ def rule_expr(r: Rule, rs: Ruleset, table: str) -> list[dict[str, Any]]:
     return out
 
 
-def render_json_objects(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
+def render_json_objects(rulesets: Mapping[str, Ruleset] | Sequence[Ruleset], table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:
     """The ``nft -j list table`` objects (table, chains, rules) for the rulesets."""
-    rss = list(rulesets.values()) if isinstance(rulesets, dict) else list(rulesets)
+    rss = list(rulesets.values()) if isinstance(rulesets, Mapping) else list(rulesets)
     objs: list[dict[str, Any]] = []
     for rs in rss:
         if rs.is_empty():

@@ -18,6 +18,7 @@ again, nothing of the user's deleted (so nothing of theirs is read back or parse
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Mapping, Sequence
 
 from nftdocker.errors import UsageError
 from nftdocker.nft.backend import Backend
@@ -30,7 +31,7 @@ from nftdocker.nft.transaction import Block, ChainBlock, Edit, Op, delete_rule, 
 from nftdocker.nft.view import KChain, KTable, WChain, wanted
 
 
-def families(rulesets: dict[str, Ruleset]) -> list[str]:
+def families(rulesets: Mapping[str, Ruleset]) -> list[str]:
     """The families with rules (``ip6`` only while ip6tables is on)."""
     return [f for f in FAMILIES if f in rulesets and not rulesets[f].is_empty()]
 
@@ -123,7 +124,7 @@ def in_place(rs: Ruleset | None, family: str, table: str, kept: Kept, file_rules
     return ops + chain_ops(wanted(rs), family, table, file_rules or [], kept)
 
 
-def full(be: Backend, rulesets: dict[str, Ruleset], table: str, user_rules: RuleFile | None = None) -> Edit:
+def full(be: Backend, rulesets: Mapping[str, Ruleset], table: str, user_rules: RuleFile | None = None) -> Edit:
     """The full replace of both families' tables, with the view it leaves (see the module docstring)."""
     tx = Edit(mode="full", block=True)
     fams = families(rulesets)
@@ -161,11 +162,11 @@ def full(be: Backend, rulesets: dict[str, Ruleset], table: str, user_rules: Rule
     return tx
 
 
-def render_nft(rulesets: dict[str, Ruleset] | list[Ruleset], table: str = DEFAULT_TABLE, comments: bool = False) -> str:
+def render_nft(rulesets: Mapping[str, Ruleset] | Sequence[Ruleset], table: str = DEFAULT_TABLE, comments: bool = False) -> str:
     """``nft -f`` input for the rulesets (non-empty families only): the full replace's tables in
     block form, a blank line between chains; ``comments``: each rule with its origin."""
     out: list[str] = []
-    for rs in rulesets.values() if isinstance(rulesets, dict) else rulesets:
+    for rs in rulesets.values() if isinstance(rulesets, Mapping) else rulesets:
         if not rs.is_empty():
             out.extend(chain_block(wanted(rs), rs.family, table, []).lines(spaced=True, comments=comments))
     return "\n".join(out) + ("\n" if out else "")

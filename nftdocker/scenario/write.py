@@ -28,6 +28,7 @@ from typing import Any
 
 from nftdocker.errors import NftdockerError
 from nftdocker.model import BRIDGE_OPT, DAEMON_KEYS, HOST_KEYS, PROTO_ORDER, Container, Daemon, PortSpec, Scenario, field_of
+from nftdocker.nft.ir import Ruleset
 
 
 def export_scenario(s: Scenario, header: str | None = None) -> str:
@@ -44,7 +45,7 @@ def export_scenario(s: Scenario, header: str | None = None) -> str:
     if s.events:  # the host as its history left it, everything pinned as allocated: the same rules,
         # in the order a fresh host would have them (a scenario without events cannot say the history's)
         return dumps(scenario_document(gen.scenario, True, True, gen), header)
-    want = _signature(gen)
+    want = gen.rulesets
     for pin_ports, pin_addresses in ((True, True), (False, True), (False, False)):
         text = dumps(scenario_document(s, pin_ports, pin_addresses, gen), header)
         if _reproduces(text, want):
@@ -179,11 +180,11 @@ def _pinned_ports(c: Container, bindings: list[Any]) -> list[PortSpec]:
 def _same_order(before: list[PortSpec], after: list[PortSpec]) -> bool:
     """Whether Docker would sort and group the pinned bindings as it did the requested ones
     (exact ports sort before ranges, so pinning an ephemeral port can move it)."""
-    from nftdocker.docker.generate import _need_same_port, _pb_sort_key
+    from nftdocker.docker.hostports import binding_sort_key, need_same_port
 
     def plan(specs: list[PortSpec]) -> list[tuple[int, bool]]:
-        order = sorted(range(len(specs)), key=lambda i: _pb_sort_key(specs[i]))
-        return [(i, k + 1 < len(order) and _need_same_port(specs[i], specs[order[k + 1]]))
+        order = sorted(range(len(specs)), key=lambda i: binding_sort_key(specs[i]))
+        return [(i, k + 1 < len(order) and need_same_port(specs[i], specs[order[k + 1]]))
                 for k, i in enumerate(order)]
 
     return plan(before) == plan(after)
@@ -229,18 +230,13 @@ def _publish_strings(specs: list[PortSpec]) -> list[str]:
 # --------------------------------------------------------------------------- checking
 
 
-def _signature(gen: Any) -> Any:
-    from nftdocker.nft.render import render_json_objects
-
-    return render_json_objects(gen.rulesets)
-
-
-def _reproduces(text: str, want: Any) -> bool:
+def _reproduces(text: str, want: dict[str, Ruleset]) -> bool:
+    """Does the scenario file ``text`` generate the rulesets ``want`` (compared as IR, :class:`ir.Ruleset`)?"""
     from nftdocker.docker.generate import generate
     from nftdocker.scenario.load import loads
 
     try:
-        return _signature(generate(loads(text, source="<export>"))) == want
+        return generate(loads(text, source="<export>")).rulesets == want
     except NftdockerError:
         return False
 

@@ -32,10 +32,8 @@ from nftdocker.verify.session import Session
 def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6: str | None = None,
                  names: tuple[str | None, str | None] = (None, None)) -> tuple[str, str, dict[str, str]]:
     """The iptables-save text for each family: the reference where given, else nftdocker's compat output."""
-    from nftdocker.compat.translate import compat_text
-    from nftdocker.nft.render import render_json_objects
+    from nftdocker.compat.translate import compat_of
 
-    objs = render_json_objects(gen.rulesets, table) if reference4 is None or reference6 is None else []
     src: dict[str, str] = {}
     texts = []
     for fam, ref, name in (("ip", reference4, names[0]), ("ip6", reference6, names[1])):
@@ -43,7 +41,7 @@ def legacy_texts(gen: Any, table: str, reference4: str | None = None, reference6
             texts.append(ref)
             src[fam] = f"iptables-legacy-restore of {name or 'the reference'}"
         else:
-            texts.append(compat_text(objs, fam, table))
+            texts.append(compat_of(gen, fam, table))
             src[fam] = "iptables-legacy-restore of nftdocker compat output"
     return texts[0], texts[1], src
 
@@ -107,7 +105,7 @@ def verify(gen: Any, *, reference4: str | None = None, reference6: str | None = 
 
 def without_rule(gen: Any, family: str, chain_key: tuple[str, str], index: int) -> Any:
     """A copy of ``gen`` whose ruleset lacks one rule (for coverage and tests)."""
-    rulesets = copy.deepcopy(gen.rulesets)
+    rulesets = {fam: copy.deepcopy(rs) for fam, rs in gen.rulesets.items()}
     del rulesets[family].chains[chain_key].rules[index]
     return dataclasses.replace(gen, rulesets=rulesets)
 
