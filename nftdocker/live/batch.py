@@ -31,6 +31,8 @@ from nftdocker.nft.table import USER_CHAIN
 #: Seconds of quiet after an event before the batch is applied; a batch is never held longer than MAX_BATCH.
 DEBOUNCE = 0.01
 MAX_BATCH = 0.25
+#: Seconds of quiet after a batch whose starts were replayed out of StartedAt order before watch syncs again.
+REORDER_QUIET = 0.2
 #: How often the watcher looks at its stop flag while waiting.
 POLL = 0.1
 

@@ -12,11 +12,17 @@ replay of that object's Docker calls, whatever the size of the host.
 
 :class:`Unreplayable` says the model cannot follow (an object it does not know, an address it
 holds otherwise): the caller then syncs the whole host again.
+
+Parallel ``docker run``s can deliver their ``start`` events in another order than the one their
+``State.StartedAt`` says, and a full sync orders containers by ``StartedAt``; a start replayed
+after a container that started later sets :attr:`EventReplay.out_of_order`, and the watcher syncs
+again once the burst is quiet, so the table ends as a fresh full apply would have it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Callable
 
 from nftdocker.errors import NftdockerError
@@ -48,6 +54,12 @@ class EventReplay:
         self.inspect = inspect
         self.net_by_id = {str(o.get("Id", "")): str(o.get("Name", "")) for o in dump.get("networks", [])}
         self.ctr_by_id = {str(o.get("Id", "")): str(o.get("Name", "")).lstrip("/") for o in dump.get("containers", [])}
+        #: container name -> State.StartedAt, as the sync read it and each replayed start inspected it
+        self.started: dict[str, datetime] = {}
+        for o in dump.get("containers", []):
+            self.started[str(o.get("Name", "")).lstrip("/")] = _started_at(o)
+        #: why the replayed order differs from the daemon's StartedAt order (None while it does not)
+        self.out_of_order: str | None = None
 
     def step(self, fw: Firewall, ev: dict[str, Any]) -> str | None:
         """Carry out ``ev`` on ``fw``; the text for its log line, or None if it changes nothing of the firewall."""
@@ -58,7 +70,11 @@ class EventReplay:
             if action == "start":
                 if name in fw.running:
                     return None
-                ctr = self._container(ident)
+                ctr, at = self._container(ident)
+                later = [n for n in fw.running if self.started.get(n, datetime.min) > at]
+                if later and self.out_of_order is None:
+                    self.out_of_order = f"{ctr.name} started before {later[0]} but its start event came after"
+                self.started[ctr.name] = at
                 fw.last_addresses = {k: v for k, v in fw.last_addresses.items() if k[0] != ctr.name}  # Docker's addresses are pinned
                 self.ctr_by_id[ident] = ctr.name
                 fw.run_container(ctr)
@@ -86,7 +102,7 @@ class EventReplay:
                     raise Unreplayable(f"network {net_name!r} is not known")
                 attached = any(n.name == net_name for n, _ in fw.running[name])
                 if action == "connect" and not attached:
-                    now = self._container(cid)
+                    now, _ = self._container(cid)
                     addrs = tuple(a for n, a in now.addresses if n == net_name)
                     prio = dict(now.gw_priority).get(net_name)
                     fw.connect(Event("connect", container=name, network=net_name, addresses=addrs, gw_priority=prio))
@@ -117,7 +133,8 @@ class EventReplay:
 
     # ------------------------------------------------------------------ one object, as Docker shows it
 
-    def _container(self, ident: str) -> Any:
+    def _container(self, ident: str) -> tuple[Any, datetime]:
+        """The container as one inspect shows it, and when it last started."""
         from nftdocker.scenario.context import Context
         from nftdocker.scenario.dump import container_from_inspect
 
@@ -128,7 +145,7 @@ class EventReplay:
         known = {n.name for n in self.scenario.networks} | set(self.net_by_id.values())
         by_id = dict(self.net_by_id)
         try:
-            return container_from_inspect(ctx, "container", obj, known, by_id)
+            return container_from_inspect(ctx, "container", obj, known, by_id), _started_at(obj)
         except NftdockerError as e:
             raise Unreplayable(e.message) from None
 
@@ -143,6 +160,17 @@ class EventReplay:
             raise Unreplayable(e.message) from None
         user = [n for n in nets if not n.default_bridge]
         return user[0] if user else None
+
+
+def _started_at(obj: dict[str, Any]) -> datetime:
+    """When the inspected container last started, as a full sync orders it (``datetime.min`` if unreadable)."""
+    from nftdocker.scenario.context import Context
+    from nftdocker.scenario.dump import started
+
+    try:
+        return started(Context("container"), "container", obj)
+    except NftdockerError:
+        return datetime.min
 
 
 def replay_scenario(scenario: Scenario, fw: Firewall) -> Scenario:

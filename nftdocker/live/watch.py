@@ -1,47 +1,28 @@
 """Follow a live Docker Engine and keep nftdocker's table in step with it.
 
-``Watcher.run()``: one full sync (read the daemon with ``live.scenario_from_live``, generate,
-a full replace in one transaction), then the Engine's event stream (``live.events``: container
-start/stop/die/destroy, network create/destroy/connect/disconnect), read and gathered into batches
-by :mod:`batch` (events within ``debounce``, 10 ms, of each other are one change). For each
-batch the daemon is read again (a handful of API calls), the rules generated, and if they differ
-from what is loaded (compared as rule IR), the change is applied and logged as one line::
+``Watcher.run()``: one full sync (the daemon read with ``engine.scenario_from_live``, generated,
+the table replaced in one transaction), then the Engine's event stream, gathered into batches by
+:mod:`batch` (events within ``debounce``, 10 ms, of each other). Each batch is replayed as Docker's
+own operations on the kept model (:mod:`replay`: one or two API calls an event) and its rule
+changes sent in one transaction; with an accept mark, the daemon is read and generated again and
+the difference (compared as rule IR) applied. One log line per event::
 
     2026-11-25T12:00:00Z container start c1: +7 -0 rules (12 ms)
 
-(+/- count the rules added and removed, by comparing the old and new rulesets; the time runs
-from the first event's arrival until the kernel took the change.) A batch that changes no rule
-(the network connect that precedes a container's start, say) applies and logs nothing.
+(the time runs from the batch's first event until the kernel took the change). A full sync
+happens at start, after a reconnect (exponential backoff, 0.2 s doubling to 5 s), when the kept
+model cannot follow an event, and once a burst is quiet whose starts came out of the daemon's
+``StartedAt`` order (a full sync orders by it). The table is never removed: ``stop()`` (SIGTERM,
+SIGINT) ends ``run()`` within ~0.1 s and leaves it in place.
 
-When the event stream ends or the daemon stops answering, the watcher logs one line and
-reconnects with exponential backoff (0.2 s doubling to 5 s); after reconnecting it syncs fully
-again, since anything may have changed meanwhile. The table is never removed: ``stop()`` (the CLI calls it on SIGTERM/SIGINT) ends
-``run()`` within ~0.1 s and leaves the table as it is, so traffic keeps flowing across a restart
-of the watcher.
+Failing to reach the daemon or the kernel at the first sync raises (the CLI exits 3). After that, a
+change that cannot be generated or applied is logged and the table left as it was. An Engine that
+is not 28.x gets one warning (standard error; ``"kind": "warning"`` with ``json_logs``).
 
-Failing to reach the daemon or the kernel at the first sync raises (the CLI exits 3): a service
-manager restarts the watcher. After that, a change that cannot be generated or applied (e.g. a
-state that Docker 28.0.1 would refuse) is logged and the table left as it was; the next event or
-reconnect tries again.
-
-Applying a change: ``Watcher(applier=...)``; the default, ``make_applier``, is
-``nftdocker.apply.applier.IncrementalApplier`` (only the difference, in one transaction). Full syncs (start, reconnect)
-always replace the whole table (``nftdocker.apply.engine.apply``), so that a re-sync is exact whatever happened.
-
-An Engine that is not 28.x (whose firewall nftdocker does not write) gets one warning line on
-standard error (``warn``), and with ``json_logs`` a ``"kind": "warning"`` log line, when first read
-and again only if a reconnect finds another version.
-
-Self-healing (``heal=True``, the default): after the first sync a :class:`heal.KernelWatch` follows
-the kernel's nftables notifications of the namespace, and a commit by another process that deletes
-the table or changes one of the chains nftdocker generates is undone at once (:mod:`heal` says
-how), in one log line::
-
-    2026-11-25T12:00:00Z ruleset flushed by nft[4242]: restored with 1 DOCKER-USER rule, 1 user chain: +36 -0 rules (31 ms)
-
-``sysctls=True`` (``watch --sysctls``) also sets, after each sync and change, what Docker sets
-beside its rules (``host.sysctl.apply_sysctls``: ip_forward, route_localnet on new bridges, hairpin on
-new bridge ports); only failures are logged.
+Self-healing (``heal=True``): a :class:`heal.KernelWatch` follows the kernel's notifications, and
+a commit by another process that deletes the table or changes nftdocker's chains is undone at once
+(:mod:`heal`), in one log line. ``sysctls=True`` also sets what Docker sets beside its rules
+(ip_forward, route_localnet, hairpin) after each sync and change; only failures are logged.
 """
 
 from __future__ import annotations
@@ -51,7 +32,7 @@ import time
 from typing import Any, Callable, Protocol
 
 from nftdocker.errors import DockerError, NftdockerError
-from nftdocker.live.batch import (DEBOUNCE, MAX_BATCH, POLL, Change, EventFeed, describe, event_fields, loaded_rulesets,
+from nftdocker.live.batch import (DEBOUNCE, MAX_BATCH, POLL, REORDER_QUIET, Change, EventFeed, describe, event_fields, loaded_rulesets,
                                   log_line, rule_diff)
 from nftdocker.nft.render import DEFAULT_TABLE
 
@@ -272,9 +253,15 @@ class Watcher:
 
     def _follow(self) -> DockerError | None:
         """Apply event batches until the stream is lost (returns the error) or stop() (returns None)."""
+        resync_at: float | None = None  # starts were replayed out of StartedAt order: sync when quiet
         while not self._stopping:
             item = self._feed.next(POLL)
             if item is None:
+                if resync_at is not None and time.monotonic() >= resync_at and self._replay is not None:
+                    resync_at = None
+                    lost = self._quiet_resync(f"re-sync, {self._replay.out_of_order}")
+                    if lost is not None:
+                        return lost
                 continue
             if item.kind == "lost":
                 return item.error
@@ -293,6 +280,18 @@ class Watcher:
                 self._on_tamper(t)
             if lost is not None:
                 return lost
+            if self._replay is not None and self._replay.out_of_order:
+                resync_at = time.monotonic() + REORDER_QUIET
+        return None
+
+    def _quiet_resync(self, reason: str) -> DockerError | None:
+        """The full sync after a burst whose starts came out of order; the lost stream's error, if it is lost."""
+        try:
+            self.sync(reason)
+        except DockerError as e:
+            return e
+        except NftdockerError as e:
+            self.emit("error", f"{reason}: error: {e.message}; the table is left as it was", error=e.message)
         return None
 
     def _apply_batch(self, batch: list[dict[str, Any]], first: float) -> Change:

@@ -74,7 +74,7 @@ def _describe_json(value: Any) -> str:
     return describe(value)
 
 
-def _started(ctx: Context, where: str, obj: dict[str, Any]) -> datetime:
+def started(ctx: Context, where: str, obj: dict[str, Any]) -> datetime:
     """When a container last started (``State.StartedAt``; else its ``Created``): Docker programs
     a container's rules when it starts, so a container stopped and started again comes after the others."""
     created = _created(ctx, where, obj)
@@ -129,7 +129,7 @@ def from_inspect(ctx: Context, dump: Any, daemon: Daemon) -> tuple[list[Network]
         else:
             raise ctx.fail(where, "neither a network nor a container inspect object")
     created = {id(o): _created(ctx, where, o) for where, o in networks_in}
-    created.update({id(o): _started(ctx, where, o) for where, o in containers_in})
+    created.update({id(o): started(ctx, where, o) for where, o in containers_in})
     networks_in.sort(key=lambda t: created[id(t[1])])
     containers_in.sort(key=lambda t: created[id(t[1])])
 
