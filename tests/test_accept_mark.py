@@ -16,7 +16,8 @@ import pytest
 
 from conftest import CASES, RULESETS, needs_netns, run_cli
 from nftdocker.host import accept_mark
-from nftdocker.compat.translate import compat_of, rulesets_from_json
+from nftdocker.compat.translate import compat_of
+from nftdocker.nft.parse import rulesets_from_json
 from nftdocker.errors import UsageError
 from nftdocker.docker.generate import generate
 from nftdocker.nft.ir import Verdict

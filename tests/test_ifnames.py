@@ -25,7 +25,8 @@ from nftdocker.nft import netns as namespaces
 from nftdocker.nft.backend import Libnftables
 from nftdocker.nft.commit import kernel_views
 from nftdocker.nft.diff import plan
-from nftdocker.compat.translate import compat_of, compat_text, parse_expr, rulesets_from_json
+from nftdocker.compat.translate import compat_of, compat_text
+from nftdocker.nft.parse import parse_expr, rulesets_from_json
 from nftdocker.errors import CompatError, GenerationError
 from nftdocker.docker.generate import generate
 from nftdocker.nft.ir import Iface, Rule, Ruleset, Verdict
@@ -231,7 +232,7 @@ def test_applied_star_bridge_matches_only_itself_and_round_trips(netns):
         dump = _nft(netns, "--debug=netlink", "list", "chain", "ip", TABLE, "filter-DOCKER-FORWARD")
         assert "cmp eq reg 1 0x00002a6e 0x00000000 0x00000000 0x00000000" in dump
         assert "cmp eq reg 1 0x0000006e ]" not in dump
-        # the listing's keys (read_table: compat.parse_expr -> render.rule_text) equal the generated ones
+        # the listing's keys (read_table: nft.parse.parse_expr -> render.rule_text) equal the generated ones
         with namespaces.lock(netns), namespaces.netns(netns):
             be = Libnftables()
             for fam, rs in gen.rulesets.items():

@@ -176,7 +176,7 @@ def rule_diff(old: dict[str, Ruleset], new: dict[str, Ruleset]) -> tuple[int, in
 def loaded_rulesets(netns: str | None, table: str) -> dict[str, Ruleset]:
     """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
     try:
-        from nftdocker.compat.translate import rulesets_from_json
+        from nftdocker.nft.parse import rulesets_from_json
         from nftdocker.nft.listing import list_objects
 
         return rulesets_from_json(list_objects(netns, table), table)

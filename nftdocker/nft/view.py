@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from nftdocker.compat.translate import parse_expr
+from nftdocker.nft.parse import parse_expr
 from nftdocker.errors import CompatError
 from nftdocker.nft.ir import BUILTIN_CHAINS, Chain, Rule, Ruleset
 from nftdocker.nft.render import chain_header, nft_chains, policy_word, rule_text
