@@ -288,3 +288,18 @@ def test_check_resumes_nothing_and_changes_nothing(be):
     res = engine.apply_scenario(plus_one(sc), check=True, backend=be)
     assert (res.checked, res.generation) == (True, "full")
     assert (be.dump(), be.genid()) == (before, g0)
+
+
+def test_a_new_tables_user_chain_gets_the_user_rules_files_rules(be):
+    from nftdocker.host import user_rules as ur
+    rules = ur.parse("rules.nft", b"ip: tcp dport 2222 drop\nip6: ip6 saddr 2001:db8:ff::/48 drop\n")
+    text = synthetic.scenario_toml(2)
+    engine.apply(generate(loads(text.replace("[daemon]", "[daemon]\nip6tables = false", 1))), user_rules=rules, backend=be)
+    gen = generate(loads(text))
+    res = engine.apply(gen, user_rules=rules, backend=be)
+    other = FakeBackend()
+    engine.apply(gen, replace=True, store=False, user_rules=rules, backend=other)
+    assert res.mode == "incremental"
+    assert keys(be) == keys(other)
+    assert len(keys(be)["ip6"]["filter-DOCKER-USER"]) == 2
+    assert engine.apply(gen, user_rules=rules, backend=be).mode == "noop"

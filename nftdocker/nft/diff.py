@@ -3,9 +3,9 @@
 :func:`plan` is the one "diff, or replace when the difference is larger" of the engine. :func:`diff`
 compares each family's :class:`view.KTable` with the generated chains (as keys): rules deleted by
 handle, new rules put at the head (``insert``) or tail (``add``) of their chain, chains added or
-removed, base-chain policies changed. ``filter-DOCKER-USER`` is never diffed: it is only created
-(with its ``return``) when absent, and gets a ``return`` appended when it has none, exactly as a
-full replace does; the ``--user-rules`` file's rules (told by their key) lead it, and are deleted
+removed, base-chain policies changed. ``filter-DOCKER-USER`` is never diffed: when absent it is
+created as the full replace creates it (:func:`replace.chain_block`: the file's rules, then
+``return``), and gets a ``return`` appended when it has none, exactly as a full replace does; the ``--user-rules`` file's rules (told by their key) lead it, and are deleted
 and inserted again, all of them, when they are not exactly the file's, in its order, at its head.
 :func:`diff` raises :class:`Replace` when no family's table exists yet, when the edit is larger
 than the table, or when a chain would have to be created before chains that exist (``nft list
@@ -31,7 +31,7 @@ from typing import Any, Mapping
 
 from nftdocker.nft.backend import Backend
 from nftdocker.nft.ir import Ruleset
-from nftdocker.nft.replace import families, full
+from nftdocker.nft.replace import chain_block, families, full
 from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, USER_CHAIN, FileRule, RuleFile, is_own_chain, is_user_rules_key, \
     rules_of
 from nftdocker.nft.transaction import Edit, Op, delete_rule, rule
@@ -143,13 +143,16 @@ def diff(views: dict[str, KTable | None], rulesets: Mapping[str, Ruleset], table
         rs = rulesets[fam]
         want = wanted(rs)
         def new_chain(w: WChain, after: KTable) -> int:
-            """Create chain ``w`` whole; returns the edits it costs."""
-            chain_adds.append(Op("add", "chain", fam, table, w.name, w.header or "", origin=f"chain {w.name}"))
-            after.chains[w.name] = KChain(w.name, w.base, w.policy, list(w.keys), [None] * len(w.keys))
-            for i, k in enumerate(w.keys):
-                adds.append((_rule_op("add", fam, table, w, i, k), i))
-            tx.added += len(w.keys)
-            return 1 + len(w.keys)
+            """Create chain ``w`` whole, as :func:`replace.chain_block` builds it (the file's rules
+            first in ``filter-DOCKER-USER``); returns the edits it costs."""
+            ops = chain_block({w.name: w}, fam, table, rules_of(user_rules, fam)).ops()
+            chain_adds.append(ops[0])
+            rules = ops[1:]
+            keys = [op.rule_key for op in rules]
+            after.chains[w.name] = KChain(w.name, w.base, w.policy, keys, [None] * len(keys))
+            adds.extend((op, i) for i, op in enumerate(rules))
+            tx.added += len(rules)
+            return 1 + len(rules)
 
         if kt is None:  # this family's table is new: create it whole
             after = KTable(fam, None)
