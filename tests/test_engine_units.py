@@ -303,3 +303,20 @@ def test_a_new_tables_user_chain_gets_the_user_rules_files_rules(be):
     assert keys(be) == keys(other)
     assert len(keys(be)["ip6"]["filter-DOCKER-USER"]) == 2
     assert engine.apply(gen, user_rules=rules, backend=be).mode == "noop"
+
+
+@pytest.mark.parametrize("lost", [False, True])
+def test_own_commit_is_not_told_once_notifications_were_lost(lost):
+    from nftdocker.nft.netlink import MSG_NEWGEN, MSG_NEWRULE, Event, Monitor
+    mon = Monitor.__new__(Monitor)  # no socket: _read is played below
+    mon.pending, mon.foreign, mon.lost, mon._commits = [], [], False, []
+
+    def read(timeout: float) -> bool:
+        mon.lost = lost  # ENOBUFS while reading: a foreign NEWGEN may be among the dropped messages
+        mon.pending.append(Event(MSG_NEWRULE, "ip", "t", "c", 7))
+        mon._close_commit(Event(MSG_NEWGEN, "", genid=5, pid=42))
+        return True
+
+    mon._read = read  # type: ignore[method-assign]
+    got = mon.own_commit(42, timeout=0.01)
+    assert got is None if lost else got == (5, [Event(MSG_NEWRULE, "ip", "t", "c", 7)])

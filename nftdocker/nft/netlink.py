@@ -209,13 +209,15 @@ class Monitor:
         return out
 
     def own_commit(self, tid: int, timeout: float = 2.0) -> tuple[int, list[Event]] | None:
-        """(generation id, events) of the commit made by thread ``tid``; None if it cannot be told."""
+        """(generation id, events) of the commit made by thread ``tid``; None if it cannot be told
+        (also when notifications were lost: a foreign commit's dropped NEWGEN could have merged its
+        events into ours)."""
         self._commits = []
         deadline = time.monotonic() + timeout
         while True:
             for i, c in enumerate(self._commits):
                 gen = c[-1]
-                if gen.pid == tid:
+                if gen.pid == tid and not self.lost:
                     for other in self._commits[:i] + self._commits[i + 1:]:
                         self.foreign.extend(other)
                     self._commits = []
