@@ -143,6 +143,7 @@ def lock(name: str | None, timeout: float = 60.0) -> Iterator[None]:
 
 
 def netns_id() -> list[int]:
-    """(device, inode) of this process's namespace (``/proc/self``), as the stored state names it."""
-    st = os.stat("/proc/self/ns/net")
+    """(device, inode) of this thread's namespace (``/proc/thread-self``, as :func:`netns` and
+    :func:`lock` use: the thread may have entered another), as the stored state names it."""
+    st = os.stat("/proc/thread-self/ns/net")
     return [st.st_dev, st.st_ino]
