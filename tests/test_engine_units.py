@@ -320,3 +320,10 @@ def test_own_commit_is_not_told_once_notifications_were_lost(lost):
     mon._read = read  # type: ignore[method-assign]
     got = mon.own_commit(42, timeout=0.01)
     assert got is None if lost else got == (5, [Event(MSG_NEWRULE, "ip", "t", "c", 7)])
+
+
+def test_a_refusal_a_dry_run_does_not_reproduce_blames_no_operation():
+    tx = Transaction([rule("add", "ip", "t", "c", f"r{i}", f"moby.f[{i}]") for i in range(3)])
+    assert locate(tx, lambda text: True) is None
+    assert offending(tx, "Device or resource busy", lambda text: True) == \
+        "Device or resource busy; not reproducible in a dry run"

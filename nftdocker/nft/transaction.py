@@ -172,10 +172,11 @@ class Transaction:
 def locate(tx: Transaction, accepted: Callable[[str], bool]) -> int | None:
     """The 1-based index of the first operation of ``tx`` refused, by bisecting prefixes of its
     flat form: ``accepted(text)`` is a dry run. (The kernel validates a batch as a whole, and
-    libnftables then blames its first command.)"""
+    libnftables then blames its first command.) None when the whole flat form is accepted: the
+    refusal does not reproduce in a dry run, and no operation is to blame."""
     lines = tx.flat_lines()
     lo, hi = 0, len(lines)  # prefix of length lo passes; prefix of length hi fails
-    if hi == 0:
+    if hi == 0 or accepted("\n".join(lines) + "\n"):
         return None
     for _ in range(64):
         if hi - lo <= 1:
@@ -192,7 +193,7 @@ def offending(tx: Transaction, message: str, accepted: Callable[[str], bool]) ->
     """The kernel's message and the operation (with its rule's origin) that caused it."""
     n = locate(tx, accepted)
     if n is None:
-        return message
+        return message + ("; not reproducible in a dry run" if tx else "")
     op = tx.ops[n - 1]
     origin = op.origin or (op.chain if op.obj == "rule" and op.verb != "delete" else "")
     return f"{message}; offending command {n}: {op.line()}" + (f" (origin: {origin})" if origin else "")
