@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from nftdocker.apply.replay import send_calls
-from nftdocker.docker import checkpoint as resume
+from nftdocker.docker import checkpoint
 from nftdocker.docker.generate import Firewall, Generated
 from nftdocker.errors import ApplyError, KernelError, NftdockerError
 from nftdocker.host import user_rules as urules
@@ -139,7 +139,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
             fw = Firewall(sc)
             gen = accept_marks(fw.run(), accept_mark)
             got = _apply_in(be, gen, table, check, replace, None, known=known, user_rules=user_rules,
-                            checkpoint=resume.checkpoint(fw) if accept_mark is None else None), gen
+                            checkpoint=checkpoint.checkpoint(fw) if accept_mark is None else None), gen
     res, beside = got
     if sysctls and not check:
         res.sysctls = apply_sysctls(beside, netns_name)
@@ -151,15 +151,15 @@ def _resume(be: Backend, sc: Scenario, views: dict[str, KTable | None], genid: i
     """Replay the containers ``sc`` appends to the checkpoint's host and send their calls; None: not possible."""
     tables = {f: ({n: kc.keys for n, kc in kt.chains.items()} if kt is not None else None) for f, kt in views.items()}
     try:
-        n_new = resume.appended(cp, sc)
+        n_new = checkpoint.appended(cp, sc)
         if n_new is None:
             return None
-        fw = resume.ResumedFirewall(sc, cp, tables)
+        fw = checkpoint.ResumedFirewall(sc, cp, tables)
         fw.add_containers(sc, sc.containers[len(sc.containers) - n_new:])
-    except resume.Damaged as e:
+    except checkpoint.Damaged as e:
         ignored(state_path(be, table), f"{e}")
         return None
-    except (resume.Unsupported, NftdockerError):
+    except (checkpoint.Unsupported, NftdockerError):
         return None  # the whole host is generated instead (and says what is wrong, if anything is)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
         ignored(state_path(be, table), f"unreadable checkpoint: {type(e).__name__}: {e}")
@@ -176,7 +176,7 @@ def _resume(be: Backend, sc: Scenario, views: dict[str, KTable | None], genid: i
         after, new_genid = views, genid
     elif new_genid != (genid + 1) & 0xFFFFFFFF:
         after = None  # another commit came between reading the state and ours: list the table next time
-    store_views(be, table, after, new_genid, resume.checkpoint(fw))
+    store_views(be, table, after, new_genid, checkpoint.checkpoint(fw))
     fams = [f for f in FAMILIES if views.get(f) is not None]
     return (Result(fams, [], tx.commands(), tx.mode, "state", tx.added, tx.removed, False, kept_user_rules(views, fams),
                    generation="resumed", replayed=n_new), fw.generated())
