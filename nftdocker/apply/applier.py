@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from nftdocker.apply.engine import Result, kernel, user_families
+from nftdocker.apply.engine import Result, locked, user_families
 from nftdocker.apply.replay import send_calls
 from nftdocker.docker.generate import Generated
 from nftdocker.docker.record import RecordingFirewall
@@ -100,7 +100,7 @@ class IncrementalApplier:
             raise
         gen = self.gen = fw.generated()
         try:
-            with kernel(self.netns, self._fixed):
+            with locked(self.netns, self._fixed):
                 be, mon = self._enter()
                 resynced = self._resync(be, mon, use_state=False)
                 assert self.views is not None
@@ -122,7 +122,7 @@ class IncrementalApplier:
     # -------------------------------------------------------------- internals
 
     def _enter(self) -> tuple[Backend, Monitor]:
-        """Inside the namespace: the backend and the monitor, made once."""
+        """Inside the namespace: the backend and the monitor, made once per applier (and again after :meth:`close`)."""
         if self._be is None or self._mon is None:
             self._be = self._fixed if self._fixed is not None else Libnftables()
             self._mon = self._be.monitor()
@@ -142,7 +142,7 @@ class IncrementalApplier:
 
     def _send(self, gen: Generated, full_replace: bool = False) -> Result:
         t0 = time.perf_counter()
-        with kernel(self.netns, self._fixed):
+        with locked(self.netns, self._fixed):
             be, mon = self._enter()
             fams = user_families(gen)
             if self.user_rules is not None and self._checked != fams:

@@ -63,13 +63,20 @@ class Result:
 
 
 @contextlib.contextmanager
-def kernel(netns_name: str | None, backend: Backend | None = None) -> Iterator[Backend]:
-    """The backend to change: ``backend``, or libnftables inside the named namespace, under its lock."""
+def locked(netns_name: str | None, backend: Backend | None = None) -> Iterator[None]:
+    """Inside the named namespace, under its lock; with a ``backend`` of its own (the fake), as it is."""
     if backend is not None:
-        yield backend
+        yield
         return
     with lock(netns_name), netns(netns_name):
-        yield Libnftables()
+        yield
+
+
+@contextlib.contextmanager
+def kernel(netns_name: str | None, backend: Backend | None = None) -> Iterator[Backend]:
+    """The backend to change: ``backend``, or libnftables inside the named namespace, under its lock."""
+    with locked(netns_name, backend):
+        yield backend if backend is not None else Libnftables()
 
 
 def user_families(gen: Generated) -> list[str]:
