@@ -29,6 +29,19 @@ def run_cli(*args, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nftdocker", *map(str, args)], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
+def sent_after(mp: pytest.MonkeyPatch, extra) -> None:
+    """Have ``engine.apply`` send the transaction ``extra`` after what it plans (a refusal injected by a test)."""
+    from nftdocker.apply import engine
+    real = engine.plan
+
+    def plan(*args, **kwargs):
+        tx, reason = real(*args, **kwargs)
+        tx.extend(extra)
+        return tx, reason
+
+    mp.setattr(engine, "plan", plan)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--update-goldens", action="store_true", help="rewrite golden files from the code's output")
 

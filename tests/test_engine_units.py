@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import RULESETS
+from conftest import RULESETS, sent_after
 from nftdocker.apply import engine
 from nftdocker.apply.applier import IncrementalApplier
 from nftdocker.docker.generate import generate
@@ -95,11 +95,12 @@ def test_a_refused_block_is_located_on_its_flat_form_with_the_origin():
     assert locate(Transaction(), bad) is None
 
 
-def test_the_full_replace_names_the_moby_origin_of_a_refused_rule(be):
+def test_the_full_replace_names_the_moby_origin_of_a_refused_rule(be, monkeypatch):
     gen = generate(load(RULESETS / "usernet-portmap" / "scenario.toml"))
     loop = Transaction([rule("add", "ip", TABLE, "filter-DOCKER-CT", "jump filter-NOWHERE", "test: injected")])
+    sent_after(monkeypatch, loop)
     with pytest.raises(ApplyError, match="origin: test: injected"):
-        engine.apply(gen, extra={"ip": loop}, backend=be)
+        engine.apply(gen, backend=be)
     assert keys(be) == {"ip": None, "ip6": None}
 
 

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns, run_cli
+from conftest import CASES, COMPAT, ROOT, RULESETS, needs_netns, run_cli, sent_after
 from nftdocker.cli import main as cli
 from nftdocker.apply import engine
 from nftdocker.nft import listing, table
@@ -77,8 +77,9 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
     before = nft(netns, "list", "ruleset")
     # A loop (DOCKER-CT -> DOCKER-FORWARD -> DOCKER-CT) passes nft's parser; only the kernel refuses it.
     loop = Transaction([rule("add", "ip", "nftdocker", "filter-DOCKER-CT", "jump filter-DOCKER-FORWARD", "test: injected loop")])
+    sent_after(monkeypatch, loop)
     with pytest.raises(ApplyError) as e:
-        engine.apply(gen_of("multi"), netns, extra={"ip": loop}, replace=True, store=False)
+        engine.apply(gen_of("multi"), netns, replace=True, store=False)
     assert "test: injected loop" in str(e.value)
     assert "nothing changed" in str(e.value)
     assert e.value.exit_status == 3
@@ -86,10 +87,8 @@ def test_refused_transaction_leaves_previous_table_byte_identical(netns, monkeyp
 
 
 def test_refusal_exits_3_from_the_cli(netns, monkeypatch, capsys):
-    real = engine._apply_in
     loop = Transaction([rule("add", "ip", "nftdocker", "filter-DOCKER-CT", "jump filter-DOCKER-FORWARD", "test: injected loop")])
-    monkeypatch.setattr(engine, "_apply_in", lambda nft, gen, table, check, replace, extra, **kw:
-                        real(nft, gen, table, check, replace, {"ip": loop}, **kw))
+    sent_after(monkeypatch, loop)
     rc = cli.main(["apply", str(RULESETS / "multi" / "scenario.toml"), "--netns", netns])
     err = capsys.readouterr().err
     assert rc == 3

@@ -91,28 +91,25 @@ def kept_user_rules(views: dict[str, KTable | None], fams: list[str]) -> dict[st
 
 
 def apply(gen: Generated, netns_name: str | None = None, table: str = DEFAULT_TABLE, check: bool = False,
-          replace: bool = False, extra: dict[str, Transaction] | None = None, store: bool = True,
+          replace: bool = False, store: bool = True,
           user_rules: urules.UserRules | None = None, backend: Backend | None = None) -> Result:
     """Load ``gen``, sending only the difference when the table is loaded (``replace``: always the
     whole table; ``check``: the kernel validates, nothing changes). ``store``: keep the table's view
     for the next apply here. ``user_rules``: the ``--user-rules`` file's rules, first in
-    ``filter-DOCKER-USER``. ``extra``: operations sent after the family's own (tests)."""
+    ``filter-DOCKER-USER``."""
     check_table_name(table)
     with kernel(netns_name, backend) as be:
-        return _apply_in(be, gen, table, check, replace, extra, store=store, user_rules=user_rules)
+        return _apply_in(be, gen, table, check, replace, store=store, user_rules=user_rules)
 
 
 def _apply_in(be: Backend, gen: Generated, table: str, check: bool, replace: bool,
-              extra: dict[str, Transaction] | None, checkpoint: dict[str, Any] | None = None,
-              known: tuple[dict[str, KTable | None], str] | None = None, store: bool = True,
+              checkpoint: dict[str, Any] | None = None, known: tuple[dict[str, KTable | None], str] | None = None, store: bool = True,
               user_rules: urules.UserRules | None = None) -> Result:
     """:func:`apply` on ``be`` (inside the namespace, under the lock); ``known``: the views already read."""
     urules.check(be, table, user_rules, user_families(gen))
     views, source = (None, "none") if replace else known if known is not None else kernel_views(be, table)
     tx, reason = plan(be, views, gen.rulesets, table, user_rules, replace)
-    for part in [extra[f] for f in gen.families() if f in extra] if extra else []:
-        tx.extend(part)
-    commit(be, tx, table, check, store=store and not extra, checkpoint=checkpoint)  # with extra commands the view is not known
+    commit(be, tx, table, check, store=store, checkpoint=checkpoint)
     return Result(gen.families(), list(tx.dropped), tx.commands(), tx.mode, source, tx.added, tx.removed, check,
                   {**kept_user_rules(tx.after, gen.families()), **tx.kept}, reason)
 
@@ -145,7 +142,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
         if got is None:
             fw = Firewall(sc)
             gen = accept_marks(fw.run(), accept_mark)
-            got = _apply_in(be, gen, table, check, replace, None, known=known, user_rules=user_rules,
+            got = _apply_in(be, gen, table, check, replace, known=known, user_rules=user_rules,
                             checkpoint=checkpoint.checkpoint(fw) if accept_mark is None else None), gen
     res, beside = got
     if sysctls and not check:
