@@ -24,7 +24,7 @@ from nftdocker.docker.generate import Firewall, Generated
 from nftdocker.errors import ApplyError, KernelError, NftdockerError
 from nftdocker.host import user_rules as urules
 from nftdocker.host.accept_mark import apply as accept_marks
-from nftdocker.host.sysctl import apply_sysctls
+from nftdocker.host.sysctl import Beside, apply_sysctls
 from nftdocker.model import Scenario
 from nftdocker.nft.backend import Backend, Libnftables
 from nftdocker.nft.commit import commit, kernel_views
@@ -129,7 +129,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
     check_table_name(table)
     with kernel(netns_name, backend) as be:
         known: tuple[dict[str, KTable | None], str] | None = None
-        got: tuple[Result, Generated] | None = None
+        got: tuple[Result, Beside] | None = None
         if not replace and not check:
             st = stored_state(be, table)
             if st is None:
@@ -143,7 +143,8 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
             fw = Firewall(sc)
             gen = accept_marks(fw.run(), accept_mark)
             got = _apply_in(be, gen, table, check, replace, known=known, user_rules=user_rules,
-                            checkpoint=checkpoint.checkpoint(fw) if accept_mark is None else None), gen
+                            checkpoint=checkpoint.checkpoint(fw) if accept_mark is None else None), \
+                Beside.of_generated(gen)
     res, beside = got
     if sysctls and not check:
         res.sysctls = apply_sysctls(beside, netns_name)
@@ -151,7 +152,7 @@ def apply_scenario(sc: Scenario, netns_name: str | None = None, table: str = DEF
 
 
 def _resume(be: Backend, sc: Scenario, views: dict[str, KTable | None], genid: int,
-            cp: dict[str, Any], table: str) -> tuple[Result, Generated] | None:
+            cp: dict[str, Any], table: str) -> tuple[Result, Beside] | None:
     """Replay the containers ``sc`` appends to the checkpoint's host and send their calls; None: not possible."""
     tables = {f: ({n: kc.keys for n, kc in kt.chains.items()} if kt is not None else None) for f, kt in views.items()}
     try:
@@ -183,7 +184,7 @@ def _resume(be: Backend, sc: Scenario, views: dict[str, KTable | None], genid: i
     store_views(be, table, after, new_genid, checkpoint.checkpoint(fw))
     fams = [f for f in FAMILIES if views.get(f) is not None]
     return (Result(fams, [], tx.commands(), tx.mode, "state", tx.added, tx.removed, False, kept_user_rules(views, fams),
-                   generation="resumed", replayed=n_new), fw.generated())
+                   generation="resumed", replayed=n_new), Beside.of(sc, fw.sysctls.values()))
 
 
 def _user_rules_loaded(views: dict[str, KTable | None], user_rules: urules.UserRules | None) -> bool:

@@ -235,11 +235,11 @@ class Watcher:
     def _set_sysctls(self, gen: Any) -> None:
         if not self.sysctls:
             return
-        from nftdocker.host.sysctl import apply_sysctls
+        from nftdocker.host.sysctl import Beside, apply_sysctls
 
         for attempt in (1, 2):
             try:
-                lines = apply_sysctls(gen, self.netns)
+                lines = apply_sysctls(Beside.of_generated(gen), self.netns)
                 break
             except Exception as e:  # noqa: BLE001 - e.g. a bridge port that vanished mid-way (pyroute2 NetlinkError)
                 if attempt == 2:
