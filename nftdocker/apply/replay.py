@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from nftdocker.nft.backend import Backend, Monitor
 from nftdocker.nft.commit import commit_steps
-from nftdocker.nft.diff import Call, calls_edit
+from nftdocker.nft.diff import calls_edit
+from nftdocker.nft.ir import Call
 from nftdocker.nft.transaction import Edit
 from nftdocker.nft.view import KTable
 

@@ -30,9 +30,8 @@ from nftdocker.nft import render
 from nftdocker.docker.generate import Firewall
 from nftdocker.docker.ipam import Pool
 from nftdocker.docker.iptables import Iptables
-from nftdocker.docker.record import Call
 from nftdocker.docker.state import Sysctl
-from nftdocker.nft.ir import Chain, Rule
+from nftdocker.nft.ir import Call, Chain, Rule
 from nftdocker.model import Endpoint, Scenario
 from nftdocker.nft.render import rule_text
 
@@ -108,7 +107,7 @@ class ResumeIptables(Iptables):
     """:class:`generate.Iptables` over a loaded table's keys, recording Docker's calls.
 
     ``chains`` maps nft chain names (``filter-DOCKER``) to their rules' keys. Every call appends
-    ``(op, table, chain, key, origin)`` to ``log`` (op: add, insert, delete; :data:`record.Call`)
+    ``(op, table, chain, key, origin)`` to ``log`` (op: add, insert, delete; :data:`nftdocker.nft.ir.Call`)
     when Docker's ``-C`` says it changes the chain. Creating a chain or changing a policy raises :class:`Unsupported`.
     """
 

@@ -16,12 +16,8 @@ from typing import Iterator, Literal
 from nftdocker.docker.generate import Firewall
 from nftdocker.docker.iptables import Iptables
 from nftdocker.model import Scenario
-from nftdocker.nft.ir import Chain, Rule
+from nftdocker.nft.ir import Call, Chain, Rule
 from nftdocker.nft.render import rule_text
-
-#: one recorded call: (op, iptables table, chain, rule key, origin)
-Call = tuple[str, str, str, str, str]
-
 
 class RecordingIptables(Iptables):
     """:class:`generate.Iptables` that records Docker's calls in :attr:`log` while it is a list."""

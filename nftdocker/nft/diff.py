@@ -30,16 +30,12 @@ from difflib import SequenceMatcher
 from typing import Any, Mapping
 
 from nftdocker.nft.backend import Backend
-from nftdocker.nft.ir import Ruleset
+from nftdocker.nft.ir import Call, Ruleset
 from nftdocker.nft.replace import chain_block, families, full
 from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, USER_CHAIN, FileRule, RuleFile, is_own_chain, is_user_rules_key, \
     rules_of
 from nftdocker.nft.transaction import Edit, Op, delete_rule, rule
 from nftdocker.nft.view import KChain, KTable, WChain, wanted
-
-#: one Docker call recorded by a replay: (op, iptables table, chain, rule key, the rule's origin)
-Call = tuple[str, str, str, str, str]
-
 
 class Replace(Exception):
     """The edit is not worth it (or not possible in place): do a full replace (the reason)."""

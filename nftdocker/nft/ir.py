@@ -322,3 +322,8 @@ class Ruleset:
 
     def is_empty(self) -> bool:
         return not self.chains
+
+
+#: one call on a chain's rules, as a replay records it (and :func:`nftdocker.nft.diff.calls_edit` sends it):
+#: (op: add | insert | delete, iptables table, chain, rule key, the rule's origin)
+Call = tuple[str, str, str, str, str]
