@@ -209,3 +209,27 @@ def test_a_replace_keeps_the_users_rules_in_docker_user(be):
     res = engine.apply(host_gen(), replace=True, backend=be)
     assert res.mode == "full" and res.kept_user_rules == {"ip": 1, "ip6": 0}
     assert listing(be)["ip"]["filter-DOCKER-USER"] == ["accept", "return"]
+
+
+def test_listings_for_listing_and_heal(be):
+    assert be.list_json(f"list table ip {TABLE}") == [] and be.list_text(f"list table ip {TABLE}") == ""
+    be.run(Transaction([Op("add", "table", "ip", TABLE, body='comment "managed by nftdocker";'),
+                        Op("add", "chain", "ip", TABLE, "filter-DOCKER-USER"),
+                        Op("add", "chain", "ip", TABLE, "filter-FORWARD",
+                           "type filter hook forward priority filter; policy accept;")]))
+    objs = be.list_json(f"list table ip {TABLE}")
+    assert [(k, o[k]["name"]) for o in objs for k in o if k != "metainfo"] == \
+        [("table", TABLE), ("chain", "filter-DOCKER-USER"), ("chain", "filter-FORWARD")]
+    assert next(o["chain"] for o in objs if "chain" in o and "hook" in o["chain"])["prio"] == 0
+    assert [o for o in be.list_json("list sets ip") if "metainfo" not in o] == []
+    be.run(Transaction([rule("add", "ip", TABLE, "filter-DOCKER-USER", "return")]))
+    text = be.list_text(f"list table ip {TABLE}")
+    assert text.startswith(f"table ip {TABLE} {{\n") and "\tchain filter-DOCKER-USER {\n\t\treturn\n\t}\n" in text
+
+
+def test_the_fake_refuses_clearly_what_it_cannot_list_or_run():
+    fake = FakeBackend()
+    fake.run(small_table())
+    with pytest.raises(NotImplementedError, match="nft text"):
+        fake.list_json(f"list chain ip {TABLE} filter-DOCKER-USER")
+    assert fake.json_cmd({"nftables": []})[0] != 0

@@ -25,6 +25,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from nftdocker.errors import DockerError
+from nftdocker.nft.backend import Backend
 from nftdocker.nft.ir import Rule, Ruleset
 from nftdocker.nft.table import USER_CHAIN
 
@@ -173,13 +174,14 @@ def rule_diff(old: dict[str, Ruleset], new: dict[str, Ruleset]) -> tuple[int, in
     return sum((b - a).values()), sum((a - b).values())
 
 
-def loaded_rulesets(netns: str | None, table: str) -> dict[str, Ruleset]:
-    """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable."""
+def loaded_rulesets(netns: str | None, table: str, backend: Backend | None = None) -> dict[str, Ruleset]:
+    """The rules in the kernel now (for the first sync's +/- counts); empty if unreadable.
+    ``backend``: read it instead of the namespace's libnftables."""
     try:
         from nftdocker.nft.parse import rulesets_from_json
         from nftdocker.nft.listing import list_objects
 
-        return rulesets_from_json(list_objects(netns, table), table)
+        return rulesets_from_json(list_objects(netns, table, backend), table)
     except Exception:  # noqa: BLE001 - only the log line's counts depend on it
         return {}
 

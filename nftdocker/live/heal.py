@@ -33,12 +33,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from nftdocker.apply.engine import apply
+from nftdocker.apply.engine import apply, kernel
 from nftdocker.errors import KernelError
 from nftdocker.host import user_rules as urules
-from nftdocker.nft.backend import Nft, kernel_message
+from nftdocker.nft.backend import Backend, kernel_message
+from nftdocker.nft.listing import reading
 from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE, MSG_NEWTABLE,
-                                   Event, Monitor, chain_names, table_handle)
+                                   Event, Monitor)
 from nftdocker.nft import netns as namespaces
 from nftdocker.nft.table import FAMILIES, USER_CHAIN, is_own_chain, key_of_comment, rules_of
 #: how long the reader waits on the socket before looking at the stop flag
@@ -172,13 +173,13 @@ def _bare(body: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in body.items() if k != "handle"}
 
 
-def read_user_state(netns: str | None, table: str, gen: Any) -> dict[str, UserState]:
-    """The user's part of each loaded family's table now (families whose table is absent left out)."""
+def read_user_state(netns: str | None, table: str, gen: Any, backend: Backend | None = None) -> dict[str, UserState]:
+    """The user's part of each loaded family's table now (families whose table is absent left out);
+    ``backend``: read it instead of the namespace's libnftables."""
     out: dict[str, UserState] = {}
-    with namespaces.netns(netns):
-        nft = Nft()
+    with reading(netns, backend) as nft:
         for fam in FAMILIES:
-            names = chain_names(fam, table)
+            names = nft.chain_names(fam, table)
             if not names:
                 continue
             st = UserState(None)
@@ -251,27 +252,27 @@ class Restored:
 
 
 def restore(gen: Any, netns: str | None, table: str, applier: Any, kept: dict[str, UserState],
-            user_rules: urules.UserRules | None = None) -> Restored | None:
+            user_rules: urules.UserRules | None = None, backend: Backend | None = None) -> Restored | None:
     """Bring the table back to ``gen``. A family whose table is gone: the whole table again
     (a full replace, with the ``--user-rules`` file's rules), then ``kept`` (the user's part, as
     last read) in a second, JSON transaction.
     Otherwise the applier sends only the difference (DOCKER-USER and the user's chains are its
-    business, as on every change). None: nothing differed."""
-    with namespaces.netns(netns):
-        missing = [f for f in gen.families() if table_handle(f, table) is None]
+    business, as on every change). None: nothing differed. ``backend``: change it instead of the
+    namespace's libnftables."""
+    with reading(netns, backend) as be:
+        missing = [f for f in gen.families() if be.table_info(f, table) is None]
     if not missing:
         stats = applier.apply(gen, gen)
         mode = getattr(stats, "mode", "")
         if mode == "noop":
             return None
         return Restored(mode, getattr(stats, "added_rules", 0), getattr(stats, "removed_rules", 0))
-    apply(gen, netns, table, replace=True, store=False, user_rules=user_rules)
+    apply(gen, netns, table, replace=True, store=False, user_rules=user_rules, backend=backend)
     back = [f for f in missing if f in kept and restore_commands(kept[f])]
     n_file = {f: len(rules_of(user_rules, f)) for f in back}
     if back:  # a second transaction: JSON, so that nothing of the user's is parsed as nft text
-        with namespaces.lock(netns), namespaces.netns(netns):
-            nft = Nft()
-            rc, _, err = nft.ctx.json_cmd({"nftables": [c for f in back for c in restore_commands(kept[f], n_file[f])]})
+        with kernel(netns, backend) as be:
+            rc, err = be.json_cmd({"nftables": [c for f in back for c in restore_commands(kept[f], n_file[f])]})
             if rc != 0:
                 raise KernelError(f"the table is back, but the kernel refused the user's rules and chains: {kernel_message(err)}")
     added = sum(len(c.rules) for f in missing for c in gen.rulesets[f].chains.values())

@@ -3,8 +3,9 @@
 The engine (:mod:`diff`, :mod:`replace`, :mod:`commit`, :mod:`state`) talks to the kernel only
 through a Backend: run a :class:`Transaction` (all or nothing; a refusal names the offending
 operation and its rule's origin), read a table as a :class:`view.KTable`, a table's handle and
-comment, the ruleset generation, one rule's digest, and open a monitor of the kernel's
-notifications (how the handles of added rules are learnt). :class:`Libnftables` is the real one
+comment, the ruleset generation, one rule's digest, open a monitor of the kernel's
+notifications (how the handles of added rules are learnt); and for listing and healing, ``nft -j``
+and ``nft`` listings and a JSON transaction. :class:`Libnftables` is the real one
 (libnftables in the current network namespace, netlink for the rest); :mod:`fake` holds one
 that keeps the ruleset in memory.
 
@@ -53,6 +54,18 @@ class Backend(Protocol):
     def monitor(self) -> Monitor: ...
     def netns_id(self) -> list[int]: ...
 
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        """``nft -j WHAT`` (a ``list`` command)'s objects; [] where there is no such object."""
+        ...
+
+    def list_text(self, what: str) -> str:
+        """``nft WHAT`` (a ``list`` command)'s text; "" where there is no such object."""
+        ...
+
+    def json_cmd(self, doc: dict[str, Any]) -> tuple[int, str]:
+        """Run a libnftables JSON document (one transaction): (0, "") or (rc, the kernel's message)."""
+        ...
+
 
 def raise_environment(err: str) -> None:
     """Raise EnvironmentProblem when libnftables' message says nftables cannot be used here at all."""
@@ -90,6 +103,7 @@ class Nft:
         except Exception as e:  # noqa: BLE001 - libnftables.so missing or broken
             raise EnvironmentProblem(f"libnftables cannot be loaded: {e}") from None
         self.ctx.set_handle_output(False)
+        self.last_error = ""  # libnftables' message about the last listing refused
 
     def run(self, text: str, check: bool = False) -> tuple[int, str, str]:
         self.ctx.set_dry_run(check)
@@ -99,7 +113,9 @@ class Nft:
             self.ctx.set_dry_run(False)
         return rc, out, err
 
-    def list_json(self, what: str, handles: bool = False) -> list[dict[str, Any]]:
+    def list_json(self, what: str, handles: bool = False) -> list[dict[str, Any]] | None:
+        """``nft -j [-a] WHAT``'s objects (``handles``: with their handles); None when the kernel
+        refuses the listing (no such table or chain; the message is in :attr:`last_error`)."""
         self.ctx.set_json_output(True)
         self.ctx.set_handle_output(handles)
         try:
@@ -109,7 +125,8 @@ class Nft:
             self.ctx.set_handle_output(False)
         if rc != 0:
             raise_environment(err)
-            return []  # no such table or chain
+            self.last_error = err
+            return None
         return json.loads(out).get("nftables", []) if out.strip() else []
 
     def list_text(self, what: str) -> tuple[int, str, str]:
@@ -149,23 +166,15 @@ class Libnftables:
 
     def read_table(self, family: str, table: str) -> KTable | None:
         """``nft -j -a list table FAMILY TABLE``; None if the table does not exist."""
-        ctx = self.nft.ctx
-        ctx.set_json_output(True)
-        ctx.set_handle_output(True)
-        try:
-            rc, out, err = ctx.cmd(f"list table {family} {table}")
-        finally:
-            ctx.set_json_output(False)
-            ctx.set_handle_output(False)
-        if rc != 0:
-            raise_environment(err)
-            if "No such file or directory" in err:
+        listed = self.nft.list_json(f"list table {family} {table}", handles=True)
+        if listed is None:
+            if "No such file or directory" in self.nft.last_error:
                 return None
-            raise KernelError(f"cannot list table {family} {table}: {kernel_message(err)}")
-        return table_of_listing(family, json.loads(out).get("nftables", []) if out.strip() else [])
+            raise KernelError(f"cannot list table {family} {table}: {kernel_message(self.nft.last_error)}")
+        return table_of_listing(family, listed)
 
     def read_chain(self, family: str, table: str, chain: str) -> list[tuple[str, int | None]]:
-        listed = self.nft.list_json(f"list chain {family} {table} {chain}", handles=True)
+        listed = self.nft.list_json(f"list chain {family} {table} {chain}", handles=True) or []
         kt = table_of_listing(family, listed)
         kc = kt.chains.get(chain)
         return list(zip(kc.keys, kc.handles)) if kc is not None else []
@@ -178,3 +187,17 @@ class Libnftables:
 
     def netns_id(self) -> list[int]:
         return netns.netns_id()
+
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        return self.nft.list_json(what) or []
+
+    def list_text(self, what: str) -> str:
+        rc, text, err = self.nft.list_text(what)
+        if rc != 0:
+            raise_environment(err)  # else there is no such object
+            return ""
+        return text
+
+    def json_cmd(self, doc: dict[str, Any]) -> tuple[int, str]:
+        rc, _, err = self.nft.ctx.json_cmd(doc)
+        return rc, err

@@ -20,6 +20,7 @@ import itertools
 import re
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from nftdocker.errors import ApplyError
 from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE,
@@ -33,6 +34,7 @@ _HEADER = re.compile(r"type (\S+) hook (\S+) priority ([^;]+); policy (\S+);")
 _JUMP = re.compile(r"\b(?:jump|goto) (\S+)")
 _COMMENT = re.compile(r'comment "([^"]*)"')
 _ids = itertools.count(1)
+_META: dict[str, Any] = {"metainfo": {"json_schema_version": 1}}
 
 
 @dataclass
@@ -259,6 +261,57 @@ class FakeBackend:
 
     def netns_id(self) -> list[int]:
         return [0, self.ident]
+
+    def list_json(self, what: str) -> list[dict[str, Any]]:
+        """``nft -j`` of what the fake holds as nft does: tables and chains (``list table``, ``list
+        chain``), no sets or maps (``list sets FAMILY``); it refuses (NotImplementedError) to list
+        rules, or the user's objects, which it holds as text or a count, not as nft's JSON."""
+        words = what.split()
+        kind = words[1] if len(words) > 1 else ""
+        if kind in ("sets", "maps") and len(words) == 3:
+            if any(t.objects for (fam, _), t in self.tables.items() if fam == words[2]):
+                raise NotImplementedError(f"FakeBackend.list_json({what!r}): the fake counts the user's objects, it does not hold them")
+            return [_META]
+        if kind not in ("table", "chain") or len(words) != (4 if kind == "table" else 5):
+            raise NotImplementedError(f"FakeBackend.list_json({what!r}): only list table, list chain, list sets/maps")
+        fam, table = words[2], words[3]
+        t = self.tables.get((fam, table))
+        chains = [] if t is None else list(t.chains.values()) if kind == "table" else \
+            [t.chains[words[4]]] if words[4] in t.chains else []
+        if t is None or not chains and kind == "chain":
+            return []
+        if any(c.rules for c in chains) or kind == "table" and t.objects:
+            raise NotImplementedError(f"FakeBackend.list_json({what!r}): the fake holds rules as nft text, not as nft -j expressions")
+        out: list[dict[str, Any]] = [_META]
+        if kind == "table":
+            out.append({"table": {"family": fam, "name": table, "handle": t.handle, **({"comment": t.comment} if t.comment else {})}})
+        for c in chains:
+            body: dict[str, Any] = {"family": fam, "table": table, "name": c.name, "handle": c.handle}
+            m = _HEADER.match(c.header)
+            if m:
+                prio = m.group(3).strip()
+                body.update(type=m.group(1), hook=m.group(2), prio=_PRIO[prio] if prio in _PRIO else int(prio), policy=m.group(4))
+            out.append({"chain": body})
+        return out
+
+    def list_text(self, what: str) -> str:
+        """``nft list table FAMILY TABLE`` as nft prints it, with the rules as they were sent (the
+        kernel prints its own normal form of some statements); "" where there is no such table."""
+        words = what.split()
+        if len(words) != 4 or words[:2] != ["list", "table"]:
+            raise NotImplementedError(f"FakeBackend.list_text({what!r}): only list table")
+        t = self.tables.get((words[2], words[3]))
+        if t is None:
+            return ""
+        out = [f"table {words[2]} {words[3]} {{"] + ([f'\tcomment "{t.comment}"'] if t.comment else [])
+        for i, c in enumerate(t.chains.values()):
+            out += ([""] if i else []) + [f"\tchain {c.name} {{"] + ([f"\t\t{c.header}"] if c.header else [])
+            out += [f"\t\t{r.body}" for r in c.rules] + ["\t}"]
+        return "\n".join(out + ["}"]) + "\n"
+
+    def json_cmd(self, doc: dict[str, Any]) -> tuple[int, str]:
+        """Refused: the fake holds rules as nft text, and cannot take nft's JSON (heal's restore)."""
+        return 1, "Error: the FakeBackend does not run libnftables JSON commands"
 
     def dump(self) -> str:
         """The ruleset as sorted text: tables, their chains by name, each chain's rules in order."""

@@ -333,9 +333,3 @@ def _dump(msg: int, family: int, attrs: bytes = b"", limit: int = 1 << 30) -> li
 def chain_names(family: str, table: str) -> list[str]:
     """The chains of ``table`` in the kernel's (creation) order."""
     return [e.chain for e in _dump(MSG_GETCHAIN, NFPROTO[family]) if e.msg == MSG_NEWCHAIN and e.table == table]
-
-
-def table_handle(family: str, table: str) -> int | None:
-    """The kernel's handle of ``table`` (unique until reboot), or None if it does not exist."""
-    info = table_info(family, table)
-    return info.handle if info is not None else None
