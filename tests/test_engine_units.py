@@ -160,7 +160,7 @@ def test_recorded_calls_become_an_edit_and_a_new_chain_does_not(be):
     views, _ = kernel_views(be, TABLE)
     calls = {"ip": [("add", "filter", "DOCKER", "accept", "moby.x"), ("add", "filter", "DOCKER", "drop", "moby.y"),
                     ("delete", "filter", "DOCKER", "drop", "moby.y")]}
-    tx, steps = calls_edit(views, calls, TABLE)
+    tx = calls_edit(views, calls, TABLE)
     assert [op.line() for op in tx.ops] == ["add rule ip nftdocker filter-DOCKER accept"] and tx.ops[0].origin == "moby.x"
     assert calls_edit(views, {"ip": [("chain", "filter", "DOCKER-NEW", "", "")]}, TABLE) is None
     assert calls_edit(views, {"ip": [("delete", "filter", "DOCKER", "not there", "")]}, TABLE) is None
@@ -328,3 +328,20 @@ def test_a_refusal_a_dry_run_does_not_reproduce_blames_no_operation():
     assert locate(tx, lambda text: True) is None
     assert offending(tx, "Device or resource busy", lambda text: True) == \
         "Device or resource busy; not reproducible in a dry run"
+
+
+def test_recorded_calls_learn_their_handles_through_commit_as_any_edit(be):
+    engine.apply(generate(synthetic.host(2)), backend=be)
+    views, _ = kernel_views(be, TABLE)
+    before = {n: list(c.handles) for n, c in views["ip"].chains.items()}
+    first = views["ip"].chains["filter-DOCKER"].keys[0]
+    calls = {"ip": [("add", "filter", "DOCKER", "accept", "moby.x"), ("insert", "filter", "DOCKER", "drop", "moby.y"),
+                    ("delete", "filter", "DOCKER", first, "moby.z"), ("insert", "filter", "DOCKER", "reject", "moby.w")]}
+    tx = calls_edit(views, calls, TABLE)
+    assert [s[2] for s in tx.slots] == [len(views["ip"].chains["filter-DOCKER"].keys) + 1, 1, 0]
+    after, genid = commit(be, tx, TABLE, store=False)
+    assert genid == be.genid() and after is not None
+    listed = be.read_table("ip", TABLE)
+    assert {n: (c.keys, c.handles) for n, c in after["ip"].chains.items()} == \
+        {n: (c.keys, c.handles) for n, c in listed.chains.items()}
+    assert {n: c.handles for n, c in views["ip"].chains.items()} == before  # the view read is left as it was

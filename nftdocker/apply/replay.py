@@ -5,13 +5,13 @@ resuming on the stored checkpoint (:class:`nftdocker.docker.checkpoint.ResumedFi
 long-running applier running watch's events on its kept model
 (:class:`nftdocker.docker.record.RecordingFirewall`) — hands the calls here: they become one
 edit of the kernel's view (:func:`nftdocker.nft.diff.calls_edit`), committed in one transaction,
-the new rules' handles learnt from the kernel's notifications (:func:`nftdocker.nft.commit.commit_steps`).
+the new rules' handles learnt from the kernel's notifications as for any edit (:func:`nftdocker.nft.commit.commit`).
 """
 
 from __future__ import annotations
 
 from nftdocker.nft.backend import Backend, Monitor
-from nftdocker.nft.commit import commit_steps
+from nftdocker.nft.commit import commit
 from nftdocker.nft.diff import calls_edit
 from nftdocker.nft.ir import Call
 from nftdocker.nft.transaction import Edit
@@ -20,13 +20,11 @@ from nftdocker.nft.view import KTable
 
 def send_calls(be: Backend, mon: Monitor, views: dict[str, KTable | None], logs: dict[str, list[Call]],
                table: str) -> tuple[Edit, dict[str, KTable | None] | None, int | None] | None:
-    """Commit Docker's ``logs`` (per family) as an edit of ``views`` (updated in place). Returns the
+    """Commit Docker's ``logs`` (per family) as an edit of ``views`` (left as they are). Returns the
     edit, the views afterwards (None: read the table again) and our commit's generation; None when
     the calls cannot be sent as they are (a new chain, a policy): then the host is diffed."""
-    got = calls_edit(views, logs, table)
-    if got is None:
+    tx = calls_edit(views, logs, table)
+    if tx is None:
         return None
-    tx, steps = got
-    mon.drain()
-    after, genid = commit_steps(be, mon, tx, steps, views, table)
+    after, genid = commit(be, tx, table, monitor=mon, store=False)
     return tx, after, genid

@@ -111,33 +111,3 @@ def learn(tx: Edit, events: list[Event], table: str) -> dict[str, KTable | None]
         if kt.handle is None:
             return None
     return after
-
-
-def commit_steps(be: Backend, mon: Monitor, tx: Edit, steps: list[list[Any]],
-                 views: dict[str, KTable | None] | None, table: str) -> tuple[dict[str, KTable | None] | None, int | None]:
-    """Send ``tx`` (from :func:`diff.calls_edit`); replay ``steps`` on ``views`` (in place) with the
-    kernel's handles. Returns (views, generation id of our commit); views are None when the
-    notifications did not tell every new rule's handle (then the table must be read again)."""
-    if not tx:
-        return views, None
-    tx.kernel_seconds = be.run(tx)
-    got = mon.own_commit(threading.get_native_id())
-    adds = [s for s in steps if s[0] in ("add", "insert")]
-    handles = new_handles(got[1], table, [(s[1], s[2]) for s in adds]) if got else None
-    if views is None or got is None or handles is None:
-        return None, None
-    for h, s in zip(handles, adds):
-        s[4] = h
-    for op, fam, name, key, h, _origin in steps:
-        kc = views[fam].chains[name]  # type: ignore[union-attr]
-        if op == "add":
-            kc.keys.append(key)
-            kc.handles.append(h)
-        elif op == "insert":
-            kc.keys.insert(0, key)
-            kc.handles.insert(0, h)
-        elif op == "delete":
-            i = kc.handles.index(h)
-            del kc.keys[i]
-            del kc.handles[i]
-    return views, got[0]

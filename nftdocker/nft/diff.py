@@ -20,7 +20,8 @@ rule inside it stays, and the rules on the shorter side are deleted and re-added
 operations (``-A``/``-I``/``-D``) only ever touch the ends of a chain.
 
 :func:`calls_edit` turns Docker's recorded calls (a replay of appended containers or of watch's
-events) into the same kind of edit, without diffing the host.
+events) into the same kind of edit (with its view afterwards and its slots), without diffing the
+host; both are committed, and their handles learnt, by :func:`commit.commit`.
 """
 
 from __future__ import annotations
@@ -235,17 +236,17 @@ def diff(views: dict[str, KTable | None], rulesets: Mapping[str, Ruleset], table
     return tx
 
 
-def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]],
-               table: str) -> tuple[Edit, list[list[Any]]] | None:
+def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]], table: str) -> Edit | None:
     """Docker's recorded calls (:data:`Call`, per family) as an edit of the view, without a diff.
 
-    Returns the edit and the steps to replay on the view once committed (:func:`commit.commit_steps`);
-    None if a call creates a chain or sets a policy, or the view lacks a chain the calls touch (or
-    they touch the user's chain): then the host is diffed. A rule added and deleted again within the
-    change is left out of both.
+    Like :func:`diff`'s, the edit holds the view afterwards (``after``: the touched chains copied,
+    the new rules' handles unknown) and the slots of its adds, so that :func:`commit.commit` learns
+    their handles as for any edit. None if a call creates a chain or sets a policy, or the view
+    lacks a chain the calls touch (or they touch the user's chain): then the host is diffed. A
+    rule added and deleted again within the change is left out of both.
     """
     tx = Edit()
-    steps: list[list[Any]] = []  # [op, family, chain, key, handle or None, origin]
+    steps: list[list[Any]] = []  # [op, family, chain, key, handle (delete) or index afterwards (add), origin]
     for fam in FAMILIES:
         calls = logs.get(fam, [])
         if not calls:
@@ -281,16 +282,56 @@ def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]],
                 step = [op, fam, name, key, None, origin]
                 added.setdefault((name, key), []).append(step)
                 steps.append(step)
+    tx.after = _after_steps(views, steps)
     for op, fam, name, key, h, origin in steps:
         if op == "delete":
             tx.add(delete_rule(fam, table, name, h))
             tx.removed += 1
         elif op != "skip":
             tx.add(rule(op, fam, table, name, key, origin))
+            tx.slots.append((fam, name, h))  # h: the rule's index in the chain afterwards (_after_steps)
             tx.added += 1
     if not tx:
         tx.mode = "noop"
-    return tx, steps
+    return tx
+
+
+def _after_steps(views: dict[str, KTable | None], steps: list[list[Any]]) -> dict[str, KTable | None]:
+    """``views`` with ``steps`` done on copies of the chains they touch (``views`` is left as it is);
+    each new rule's handle is a marker until it is known, and the steps get their slots: the
+    add/insert step's ``[4]`` becomes its index in the chain afterwards."""
+    after = {f: (KTable(kt.family, kt.handle, dict(kt.chains), kt.user_objects) if kt is not None else None)
+             for f, kt in views.items()}
+    copied: set[tuple[str, str]] = set()
+    marks: dict[int, list[Any]] = {}  # id(marker) -> its step
+    for step in steps:
+        op, fam, name = step[0], step[1], step[2]
+        if op == "skip":
+            continue
+        kt = after[fam]
+        assert kt is not None
+        if (fam, name) not in copied:
+            kc0 = kt.chains[name]
+            kt.chains[name] = KChain(name, kc0.base, kc0.policy, list(kc0.keys), list(kc0.handles))
+            copied.add((fam, name))
+        kc = kt.chains[name]
+        if op == "delete":
+            i = kc.handles.index(step[4])
+            del kc.keys[i]
+            del kc.handles[i]
+            continue
+        mark = object()
+        marks[id(mark)] = step
+        at = len(kc.keys) if op == "add" else 0
+        kc.keys.insert(at, step[3])
+        kc.handles.insert(at, mark)  # type: ignore[arg-type]
+    for fam, name in copied:
+        kc = after[fam].chains[name]  # type: ignore[union-attr]
+        for i, h in enumerate(kc.handles):
+            if not isinstance(h, int) and h is not None:
+                marks[id(h)][4] = i
+                kc.handles[i] = None
+    return after
 
 
 def plan(be: Backend, views: dict[str, KTable | None] | None, rulesets: Mapping[str, Ruleset], table: str,
