@@ -4,7 +4,7 @@ A rule's match is a conjunction of constraints on fields (input/output interface
 iptables' ``+`` wildcard, source/destination prefix with negation, protocol, ports or ranges,
 conntrack state, ``addrtype LOCAL``). Anything not understood (a match module, option or value
 this module does not know) makes the rule *opaque*: it overlaps every rule, and the evaluator
-cannot tell whether a packet matches it (:mod:`nftdocker.chain_eval`). The boxes are conservative only in one direction: two
+cannot tell whether a packet matches it (:mod:`nftdocker.compat.chain_eval`). The boxes are conservative only in one direction: two
 boxes said disjoint never match a common packet.
 """
 

@@ -105,7 +105,7 @@ def checkpoint(fw: Firewall) -> dict[str, Any]:
 
 
 class ResumeIptables(Iptables):
-    """:class:`generate.Iptables` over a loaded table's keys, recording Docker's calls.
+    """:class:`nftdocker.docker.iptables.Iptables` over a loaded table's keys, recording Docker's calls.
 
     ``chains`` maps nft chain names (``filter-DOCKER``) to their rules' keys. Every call appends
     ``(op, table, chain, key, origin)`` to ``log`` (op: add, insert, delete; :data:`record.Call`)
@@ -161,7 +161,7 @@ class ResumeIptables(Iptables):
 
 
 class ResumedFirewall(Firewall):
-    """:class:`generate.Firewall` restored from a checkpoint, over the loaded table's keys.
+    """:class:`~nftdocker.docker.generate.Firewall` restored from a checkpoint, over the loaded table's keys.
 
     ``tables`` maps family (ip, ip6) to its chains' keys (None: no table loaded for it).
     :meth:`add_containers` then replays the appended containers; :meth:`logs` holds their calls.

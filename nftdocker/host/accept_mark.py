@@ -90,7 +90,7 @@ def _marked(rs: Ruleset, mark: tuple[int, int]) -> Ruleset:
 
 
 def apply(gen: Any, mark: tuple[int, int] | None) -> Any:
-    """``gen`` (a generate.Generated) with its filter accepts marked; ``gen`` itself when ``mark`` is None.
+    """``gen`` (a nftdocker.docker.generate.Generated) with its filter accepts marked; ``gen`` itself when ``mark`` is None.
 
     A copy: the Generated and its rulesets are left as they were (generation state, checkpoints)."""
     if mark is None:

@@ -1,7 +1,7 @@
 """Docker Engine events as Docker's own operations on the kept model (watch's path per event).
 
 After a full sync, :class:`EventReplay` holds what the daemon looked like (networks by id and
-name, the :class:`generate.Firewall` that replayed it) and turns each Engine event into the
+name, the :class:`~nftdocker.docker.generate.Firewall` that replayed it) and turns each Engine event into the
 operation Docker carries out for it, on that model: a container ``start`` is
 :meth:`Firewall.run_container` of the container as one inspect shows it (its addresses and host
 ports as Docker allocated them), ``die`` is :meth:`Firewall.stop`, ``destroy`` forgets it, a network

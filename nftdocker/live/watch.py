@@ -95,7 +95,7 @@ class Watcher:
         self.ipv6_forwarding = ipv6_forwarding
         self._log = log or (lambda line: print(line, flush=True))
         self.json_logs = json_logs
-        self.user_rules = user_rules  # user_rules.UserRules (--user-rules): in every apply and sync
+        self.user_rules = user_rules  # host.user_rules.UserRules (--user-rules): in every apply and sync
         self.applier = applier if applier is not None else make_applier(netns, table, user_rules)
         self.debounce = debounce
         self.max_batch = max_batch

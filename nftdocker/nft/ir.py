@@ -144,7 +144,7 @@ class Verdict(NamedTuple):
     """``-j ACCEPT|DROP|RETURN``.
 
     ``mark`` (ACCEPT only): ``(VALUE, MASK)``, the packet mark set before the accept
-    (``meta mark set mark and ~MASK or VALUE``, see :mod:`accept_mark`). It exists only in nft: the
+    (``meta mark set mark and ~MASK or VALUE``, see the accept mark, nftdocker.host.accept_mark). It exists only in nft: the
     iptables form of the rule is ``-j ACCEPT``, as Docker's."""
 
     kind: Literal["ACCEPT", "DROP", "RETURN"]
@@ -280,7 +280,7 @@ class Chain:
     name: str
     rules: list[Rule] = field(default_factory=list)
     policy: Literal["ACCEPT", "DROP"] | None = None
-    #: a built-in's nft priority when it is not BASE_CHAINS' (see :mod:`accept_mark`)
+    #: a built-in's nft priority when it is not BASE_CHAINS' (see the accept mark, nftdocker.host.accept_mark)
     prio: int | None = None
 
     @property
