@@ -63,6 +63,7 @@ class Generated:
 
     def families(self) -> list[str]:
         """The families Docker writes rules for (``ip6`` only while ip6tables is on)."""
+        # nftdocker.nft.table.FAMILIES' order; docker may import only nft.ir and nft.render (tests/test_layers.py)
         return [f for f in ("ip", "ip6") if not self.rulesets[f].is_empty()]
 
 

@@ -36,13 +36,12 @@ from typing import Any, Callable
 from nftdocker.apply.engine import apply
 from nftdocker.errors import KernelError
 from nftdocker.host import user_rules as urules
+from nftdocker.live.batch import POLL  # also how long the reader waits on the socket before looking at the stop flag
 from nftdocker.nft.backend import Nft, kernel_message
 from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE, MSG_NEWTABLE,
                                    Event, Monitor, chain_names, table_handle)
 from nftdocker.nft import netns as namespaces
 from nftdocker.nft.table import FAMILIES, USER_CHAIN, is_own_chain, key_of_comment, rules_of
-#: how long the reader waits on the socket before looking at the stop flag
-POLL = 0.1
 
 _WHAT = {MSG_DELRULE: "rule deleted from", MSG_NEWRULE: "rule added to", MSG_DELCHAIN: "chain deleted:",
          MSG_NEWCHAIN: "chain added:"}
