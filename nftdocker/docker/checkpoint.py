@@ -32,7 +32,7 @@ from nftdocker.docker.ipam import Pool
 from nftdocker.docker.iptables import Iptables
 from nftdocker.docker.record import Call
 from nftdocker.docker.state import Sysctl
-from nftdocker.nft.ir import Chain, Rule
+from nftdocker.nft.ir import Chain, Family, Rule
 from nftdocker.model import Endpoint, Scenario
 from nftdocker.nft.render import rule_text
 
@@ -112,7 +112,7 @@ class ResumeIptables(Iptables):
     when Docker's ``-C`` says it changes the chain. Creating a chain or changing a policy raises :class:`Unsupported`.
     """
 
-    def __init__(self, family: Literal["ip", "ip6"], chains: Mapping[str, Sequence[str]] | None) -> None:
+    def __init__(self, family: Family, chains: Mapping[str, Sequence[str]] | None) -> None:
         super().__init__(family)
         self.keys = chains or {}
         self.log: list[Call] = []

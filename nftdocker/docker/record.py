@@ -16,7 +16,7 @@ from typing import Iterator, Literal
 from nftdocker.docker.generate import Firewall
 from nftdocker.docker.iptables import Iptables
 from nftdocker.model import Scenario
-from nftdocker.nft.ir import Chain, Rule
+from nftdocker.nft.ir import Chain, Family, Rule
 from nftdocker.nft.render import rule_text
 
 #: one recorded call: (op, iptables table, chain, rule key, origin)
@@ -26,7 +26,7 @@ Call = tuple[str, str, str, str, str]
 class RecordingIptables(Iptables):
     """:class:`nftdocker.docker.iptables.Iptables` that records Docker's calls in :attr:`log` while it is a list."""
 
-    def __init__(self, family: Literal["ip", "ip6"]) -> None:
+    def __init__(self, family: Family) -> None:
         super().__init__(family)
         self.log: list[Call] | None = None
 

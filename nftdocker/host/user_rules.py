@@ -26,7 +26,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from nftdocker.nft.backend import Backend, kernel_message
-from nftdocker.nft.table import FAMILIES, USER_RULES_KEY, USER_RULES_TAG
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import USER_RULES_KEY, USER_RULES_TAG
 from nftdocker.errors import ScenarioError
 from nftdocker.inputs import read_bytes
 

@@ -41,7 +41,8 @@ from nftdocker.nft.backend import Nft, kernel_message
 from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE, MSG_NEWTABLE,
                                    Event, Monitor, chain_names, table_handle)
 from nftdocker.nft import netns as namespaces
-from nftdocker.nft.table import FAMILIES, USER_CHAIN, is_own_chain, key_of_comment, rules_of
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import USER_CHAIN, is_own_chain, key_of_comment, rules_of
 
 _WHAT = {MSG_DELRULE: "rule deleted from", MSG_NEWRULE: "rule added to", MSG_DELCHAIN: "chain deleted:",
          MSG_NEWCHAIN: "chain added:"}

@@ -15,6 +15,9 @@ from operator import itemgetter
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Iterator, Literal, NamedTuple, Union
 
+#: an nftdocker table's address family
+Family = Literal["ip", "ip6"]
+
 Dir = Literal["s", "d"]
 
 
@@ -240,6 +243,9 @@ def host(addr: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network:
     return IPv6Network((int(addr), 128))
 
 
+#: the address families nftdocker writes a table for, in this order
+FAMILIES: tuple[Family, Family] = ("ip", "ip6")
+
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING", "OUTPUT"),
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
@@ -307,7 +313,7 @@ class Ruleset:
     (:meth:`ordered_chains`).
     """
 
-    family: Literal["ip", "ip6"]
+    family: Family
     chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
 
     def tables(self) -> list[str]:

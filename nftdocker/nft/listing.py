@@ -7,7 +7,8 @@ from typing import Any
 from nftdocker.nft.backend import Nft, raise_environment
 from nftdocker.nft.netns import netns
 from nftdocker.nft.render import DEFAULT_TABLE
-from nftdocker.nft.table import FAMILIES, check_table_name
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import check_table_name
 
 
 def list_objects(netns_name: str | None = None, table: str = DEFAULT_TABLE) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from nftdocker.errors import CompatError, GenerationError
 from nftdocker.nft.ir import (
+    FAMILIES,
     BUILTIN_CHAINS,
     Action,
     Addr,
@@ -32,7 +33,6 @@ from nftdocker.nft.ir import (
     Verdict,
 )
 from nftdocker.nft.render import DEFAULT_TABLE, MARK_BITS, nft_ifname
-from nftdocker.nft.table import FAMILIES
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
 #: IP protocol numbers as the kernel lists them -> their iptables names
