@@ -146,7 +146,7 @@ def scenario_files(tmp: Path, n: int) -> tuple[Path, Path]:
 
 RENDER_CHILD = r"""
 import gc, json, resource, sys, time
-gc.disable()  # as nftdocker's one-shot commands run (nftdocker.cli.ONE_SHOT)
+gc.disable()  # as nftdocker's one-shot commands run (nftdocker.cli.main.ONE_SHOT)
 from nftdocker.scenario.load import load
 from nftdocker.docker.generate import generate
 from nftdocker.nft.replace import render_nft

@@ -12,7 +12,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal, Union, get_args
 
 IPAddress = Union[IPv4Address, IPv6Address]
-IPNetwork = Union[IPv4Network, IPv6Network]
 Proto = Literal["tcp", "udp", "sctp"]
 GatewayMode = Literal["nat", "nat-unprotected", "routed", "isolated"]
 

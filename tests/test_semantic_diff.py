@@ -1,5 +1,5 @@
-"""diff --semantic: boxes and overlap (semantic.py), the per-chain comparison and its witnesses
-(semantic_diff.py), and the CLI, over every real capture in rulesets/*/ and compat/*/.
+"""diff --semantic: boxes and overlap (compat/semantic.py), the per-chain comparison and its witnesses
+(compat/semantic_diff.py), and the CLI, over every real capture in rulesets/*/ and compat/*/.
 
 Pure: no root, no kernel.
 """

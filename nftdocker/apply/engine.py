@@ -33,7 +33,8 @@ from nftdocker.nft.netns import lock, netns
 from nftdocker.nft.render import DEFAULT_TABLE, nft_chains
 from nftdocker.nft.replace import owned
 from nftdocker.nft.state import drop_state, ignored, state_path, stored_state, store_views
-from nftdocker.nft.table import FAMILIES, USER_CHAIN, check_table_name, is_user_rules_key, rules_of
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import USER_CHAIN, check_table_name, is_user_rules_key, rules_of
 from nftdocker.nft.transaction import Op, Transaction
 from nftdocker.nft.view import KTable
 

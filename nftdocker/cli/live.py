@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import sys
 from typing import Any
 
 from nftdocker.cli.args import accept_mark_of, add_accept_mark_arg, add_live_args, live_scenario
@@ -62,7 +63,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
     mark = accept_mark_of(args)
     w = Watcher(args.docker_host, args.netns, args.table, args.daemon_config,
                 args.ipv4_forwarding, args.ipv6_forwarding, json_logs=args.json, sysctls=args.sysctls,
-                accept_mark=mark, user_rules=load(args.user_rules) if args.user_rules else None)
+                accept_mark=mark, user_rules=load(args.user_rules) if args.user_rules else None,
+                log=lambda line: print(line, flush=True), warn=lambda line: print(line, file=sys.stderr, flush=True))
 
     def on_signal(signum: int, frame: Any) -> None:
         w.stop()

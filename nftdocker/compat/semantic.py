@@ -4,7 +4,7 @@ A rule's match is a conjunction of constraints on fields (input/output interface
 iptables' ``+`` wildcard, source/destination prefix with negation, protocol, ports or ranges,
 conntrack state, ``addrtype LOCAL``). Anything not understood (a match module, option or value
 this module does not know) makes the rule *opaque*: it overlaps every rule, and the evaluator
-cannot tell whether a packet matches it (:mod:`nftdocker.chain_eval`). The boxes are conservative only in one direction: two
+cannot tell whether a packet matches it (:mod:`nftdocker.compat.chain_eval`). The boxes are conservative only in one direction: two
 boxes said disjoint never match a common packet.
 """
 
@@ -14,10 +14,12 @@ from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any, Iterator, Sequence
 
+from nftdocker.nft.parse import PROTO_NUMBERS
+
 STATES = ("NEW", "ESTABLISHED", "RELATED", "INVALID", "UNTRACKED")
 TERMINAL = {"ACCEPT", "DROP", "REJECT", "DNAT", "SNAT", "MASQUERADE", "REDIRECT"}
 SIDE_EFFECT_FREE = TERMINAL | {"RETURN"}
-_PROTO = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp", "icmpv6": "ipv6-icmp"}
+_PROTO = {**PROTO_NUMBERS, "icmpv6": "ipv6-icmp"}
 _WITNESS_PROTOS = ("tcp", "udp", "icmp", "ipv6-icmp")
 _MODULES = {"tcp", "udp", "sctp", "conntrack", "state", "addrtype", "comment"}
 

@@ -1,7 +1,7 @@
 """``diff --semantic``: is a reordering harmless, and if not, which packet does it change?
 
 Both sides are iptables rules (nftdocker's through compat, the reference as read by
-:mod:`nftdocker.reference`), compared per table and chain. Equivalent when every chain holds the
+:mod:`nftdocker.compat.reference`), compared per table and chain. Equivalent when every chain holds the
 same rules (as a multiset) and every pair of rules whose relative order differs either cannot
 match a common packet or has the same effect (the same target text, and targets without side
 effects). Each other difference gets a witness: a concrete packet, computed from the rules and

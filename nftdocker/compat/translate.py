@@ -133,7 +133,7 @@ def compat_text(objs: Iterable[dict[str, Any]], family: str, table: str = DEFAUL
 
 def compat_of(gen: Any, family: str, table: str = DEFAULT_TABLE) -> str:
     """The iptables-save text (``ip``) or ip6tables-save text (``ip6``) of a generated host
-    (``generate.Generated``): its rulesets translated as they are. (``table``, the nft table's name,
+    (``nftdocker.docker.generate.Generated``): its rulesets translated as they are. (``table``, the nft table's name,
     does not show in the iptables form.)"""
     rs = gen.rulesets.get(family)
     return save_text(rs) if rs is not None else ""

@@ -31,7 +31,7 @@ from nftdocker.docker.generate import Firewall
 from nftdocker.docker.ipam import Pool
 from nftdocker.docker.iptables import Iptables
 from nftdocker.docker.state import Sysctl
-from nftdocker.nft.ir import Call, Chain, Rule
+from nftdocker.nft.ir import Call, Chain, Family, Rule
 from nftdocker.model import Endpoint, Scenario
 from nftdocker.nft.render import rule_text
 
@@ -104,14 +104,14 @@ def checkpoint(fw: Firewall) -> dict[str, Any]:
 
 
 class ResumeIptables(Iptables):
-    """:class:`generate.Iptables` over a loaded table's keys, recording Docker's calls.
+    """:class:`nftdocker.docker.iptables.Iptables` over a loaded table's keys, recording Docker's calls.
 
     ``chains`` maps nft chain names (``filter-DOCKER``) to their rules' keys. Every call appends
     ``(op, table, chain, key, origin)`` to ``log`` (op: add, insert, delete; :data:`nftdocker.nft.ir.Call`)
     when Docker's ``-C`` says it changes the chain. Creating a chain or changing a policy raises :class:`Unsupported`.
     """
 
-    def __init__(self, family: Literal["ip", "ip6"], chains: Mapping[str, Sequence[str]] | None) -> None:
+    def __init__(self, family: Family, chains: Mapping[str, Sequence[str]] | None) -> None:
         super().__init__(family)
         self.keys = chains or {}
         self.log: list[Call] = []
@@ -160,7 +160,7 @@ class ResumeIptables(Iptables):
 
 
 class ResumedFirewall(Firewall):
-    """:class:`generate.Firewall` restored from a checkpoint, over the loaded table's keys.
+    """:class:`~nftdocker.docker.generate.Firewall` restored from a checkpoint, over the loaded table's keys.
 
     ``tables`` maps family (ip, ip6) to its chains' keys (None: no table loaded for it).
     :meth:`add_containers` then replays the appended containers; :meth:`logs` holds their calls.

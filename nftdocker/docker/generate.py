@@ -25,7 +25,7 @@ from nftdocker.docker.network import NetworkRules
 from nftdocker.docker.state import Sysctl
 from nftdocker.errors import GenerationError
 from nftdocker.model import Binding, Container, Endpoint, Event, Scenario
-from nftdocker.nft.ir import Ruleset, gc_paused
+from nftdocker.nft.ir import FAMILIES, Ruleset, gc_paused
 
 
 def sysctl_path(key: str) -> str:
@@ -63,7 +63,7 @@ class Generated:
 
     def families(self) -> list[str]:
         """The families Docker writes rules for (``ip6`` only while ip6tables is on)."""
-        return [f for f in ("ip", "ip6") if not self.rulesets[f].is_empty()]
+        return [f for f in FAMILIES if not self.rulesets[f].is_empty()]
 
 
 class Firewall(DaemonStart, NetworkRules, Containers):

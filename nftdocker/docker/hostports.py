@@ -11,6 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 from typing import Iterable
 
+from nftdocker import DOCKER_ENGINE_VERSION
 from nftdocker.model import PROTO_ORDER, IPAddress, PortSpec
 
 ANY_V4 = IPv4Address("0.0.0.0")
@@ -167,7 +168,7 @@ class PortAllocator:
             for h in hips:
                 self.taken[(h, proto)].discard(port)
             h, o = clash
-            problem = (f"Docker 28.0.1 fails to start it: binding {_hostport(h, port)}/{proto} fails "
+            problem = (f"Docker {DOCKER_ENGINE_VERSION} fails to start it: binding {_hostport(h, port)}/{proto} fails "
                        f"(address already in use by {_hostport(o, port)} of an earlier container)")
             if lo == hi:
                 break
@@ -179,7 +180,7 @@ class PortAllocator:
             return
         clash = self._clash(hip, proto, port, listening_only=True)
         if clash is not None:
-            raise ValueError(f"Docker 28.0.1 fails to start it: listen on {_hostport(hip, port)}/tcp fails "
+            raise ValueError(f"Docker {DOCKER_ENGINE_VERSION} fails to start it: listen on {_hostport(hip, port)}/tcp fails "
                              f"(address already in use by its own {_hostport(clash, port)})")
         for sock in self.sockets.get((proto, port), ()):
             if sock[0] == hip and not sock[1]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from nftdocker.nft.ir import Chain, Jump, Rule, Ruleset, rule
+from nftdocker.nft.ir import Chain, Family, Jump, Rule, Ruleset, rule
 
 #: an IP version, as moby's iptables.IPVersion
 V = Literal[4, 6]
@@ -33,7 +33,7 @@ class Iptables:
     is only added when absent, so a chain never holds one twice.
     """
 
-    def __init__(self, family: Literal["ip", "ip6"]) -> None:
+    def __init__(self, family: Family) -> None:
         self.rs = Ruleset(family)
         self.index: dict[tuple[str, str], set[Rule]] = {}
         #: while set, every rule added is recorded here (what an operation must undo later)

@@ -1,6 +1,6 @@
 """Docker's replay with its calls recorded: what an operation did to the rules, as Docker did it.
 
-:class:`RecordingFirewall` is :class:`generate.Firewall` over :class:`RecordingIptables`: while
+:class:`RecordingFirewall` is :class:`~nftdocker.docker.generate.Firewall` over :class:`RecordingIptables`: while
 :meth:`RecordingFirewall.recording` is on, every change Docker makes is recorded per family as a
 call ``(op, iptables table, chain, rule key, the rule's origin)`` (op: add, insert, delete, chain,
 policy), in Docker's order. The apply engine sends those calls as they are
@@ -16,13 +16,13 @@ from typing import Iterator, Literal
 from nftdocker.docker.generate import Firewall
 from nftdocker.docker.iptables import Iptables
 from nftdocker.model import Scenario
-from nftdocker.nft.ir import Call, Chain, Rule
+from nftdocker.nft.ir import Call, Chain, Family, Rule
 from nftdocker.nft.render import rule_text
 
 class RecordingIptables(Iptables):
-    """:class:`generate.Iptables` that records Docker's calls in :attr:`log` while it is a list."""
+    """:class:`nftdocker.docker.iptables.Iptables` that records Docker's calls in :attr:`log` while it is a list."""
 
-    def __init__(self, family: Literal["ip", "ip6"]) -> None:
+    def __init__(self, family: Family) -> None:
         super().__init__(family)
         self.log: list[Call] | None = None
 
@@ -57,7 +57,7 @@ class RecordingIptables(Iptables):
 
 
 class RecordingFirewall(Firewall):
-    """:class:`generate.Firewall` whose calls can be recorded (the long-running model)."""
+    """:class:`~nftdocker.docker.generate.Firewall` whose calls can be recorded (the long-running model)."""
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)

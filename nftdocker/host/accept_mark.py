@@ -28,13 +28,13 @@ import dataclasses
 import re
 from typing import Any
 
+from nftdocker.docker.iptables import DOCKER_USER
 from nftdocker.errors import UsageError
 from nftdocker.nft.ir import Chain, Rule, Ruleset, Verdict
 from nftdocker.nft.render import MARK_BITS
 
-#: the iptables table whose accepts are marked, and the chain left alone (the user's)
+#: the iptables table whose accepts are marked (its DOCKER_USER chain, the user's, is left alone)
 TABLE = "filter"
-USER_CHAIN = "DOCKER-USER"
 #: nftdocker's filter base chains with an accept mark: before a host chain at ``priority filter``
 PRIORITY = -1
 
@@ -82,7 +82,7 @@ def _marked(rs: Ruleset, mark: tuple[int, int]) -> Ruleset:
             out.chains[key] = c
             continue
         rules = c.rules
-        if c.name != USER_CHAIN:
+        if c.name != DOCKER_USER:
             rules = [Rule(r.matches, r.action._replace(mark=mark), r.origin)
                      if isinstance(r.action, Verdict) and r.action.kind == "ACCEPT" else r for r in c.rules]
         out.chains[key] = Chain(c.table, c.name, rules, c.policy, PRIORITY if c.builtin else c.prio)
@@ -90,7 +90,7 @@ def _marked(rs: Ruleset, mark: tuple[int, int]) -> Ruleset:
 
 
 def apply(gen: Any, mark: tuple[int, int] | None) -> Any:
-    """``gen`` (a generate.Generated) with its filter accepts marked; ``gen`` itself when ``mark`` is None.
+    """``gen`` (a nftdocker.docker.generate.Generated) with its filter accepts marked; ``gen`` itself when ``mark`` is None.
 
     A copy: the Generated and its rulesets are left as they were (generation state, checkpoints)."""
     if mark is None:

@@ -26,11 +26,11 @@ import hashlib
 from dataclasses import dataclass, field
 
 from nftdocker.nft.backend import Backend, kernel_message
+from nftdocker.nft.ir import FAMILIES
 from nftdocker.nft.table import USER_RULES_KEY, USER_RULES_TAG
 from nftdocker.errors import ScenarioError
 from nftdocker.inputs import read_bytes
 
-FAMILIES = ("ip", "ip6")
 _REFUSED = {";": "';' (one rule a line: it would end the rule)", "{": "'{'", "}": "'}'",
             "#": "'#' after its start (put a comment on a line of its own)", "\\": "a backslash"}
 

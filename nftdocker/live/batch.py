@@ -34,7 +34,7 @@ DEBOUNCE = 0.01
 MAX_BATCH = 0.25
 #: Seconds of quiet after a batch whose starts were replayed out of StartedAt order before watch syncs again.
 REORDER_QUIET = 0.2
-#: How often the watcher looks at its stop flag while waiting.
+#: How often the watcher (and heal's reader, on its socket) looks at its stop flag while waiting.
 POLL = 0.1
 
 

@@ -36,14 +36,14 @@ from typing import Any, Callable
 from nftdocker.apply.engine import apply, kernel
 from nftdocker.errors import KernelError
 from nftdocker.host import user_rules as urules
+from nftdocker.live.batch import POLL  # also how long the reader waits on the socket before looking at the stop flag
 from nftdocker.nft.backend import Backend, kernel_message
 from nftdocker.nft.listing import reading
 from nftdocker.nft.netlink import (MSG_DELCHAIN, MSG_DELRULE, MSG_DELTABLE, MSG_NEWCHAIN, MSG_NEWGEN, MSG_NEWRULE, MSG_NEWTABLE,
                                    Event, Monitor)
 from nftdocker.nft import netns as namespaces
-from nftdocker.nft.table import FAMILIES, USER_CHAIN, is_own_chain, key_of_comment, rules_of
-#: how long the reader waits on the socket before looking at the stop flag
-POLL = 0.1
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import USER_CHAIN, is_own_chain, key_of_comment, rules_of
 
 _WHAT = {MSG_DELRULE: "rule deleted from", MSG_NEWRULE: "rule added to", MSG_DELCHAIN: "chain deleted:",
          MSG_NEWCHAIN: "chain added:"}

@@ -1,7 +1,7 @@
 """Docker Engine events as Docker's own operations on the kept model (watch's path per event).
 
 After a full sync, :class:`EventReplay` holds what the daemon looked like (networks by id and
-name, the :class:`generate.Firewall` that replayed it) and turns each Engine event into the
+name, the :class:`~nftdocker.docker.generate.Firewall` that replayed it) and turns each Engine event into the
 operation Docker carries out for it, on that model: a container ``start`` is
 :meth:`Firewall.run_container` of the container as one inspect shows it (its addresses and host
 ports as Docker allocated them), ``die`` is :meth:`Firewall.stop`, ``destroy`` forgets it, a network
@@ -21,7 +21,6 @@ again once the burst is quiet, so the table ends as a fresh full apply would hav
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -32,15 +31,6 @@ from nftdocker.model import Event, Scenario
 
 class Unreplayable(Exception):
     """The kept model cannot follow this event: sync the whole host again (the message says why)."""
-
-
-@dataclass
-class Step:
-    """One Engine event replayed: what it was, and the rules it added and removed."""
-
-    what: str
-    added: int
-    removed: int
 
 
 Inspect = Callable[[str, str], "dict[str, Any] | None"]  # (kind, id) -> inspect object
@@ -171,9 +161,3 @@ def _started_at(obj: dict[str, Any]) -> datetime:
         return started(Context("container"), "container", obj)
     except NftdockerError:
         return datetime.min
-
-
-def replay_scenario(scenario: Scenario, fw: Firewall) -> Scenario:
-    """The scenario the kept model now stands for (networks and running containers as they are)."""
-    return replace(scenario, networks=tuple(fw.networks.values()),
-                   containers=tuple(fw.containers[n] for n in fw.running), events=())

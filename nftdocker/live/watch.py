@@ -27,7 +27,6 @@ a commit by another process that deletes the table or changes nftdocker's chains
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any, Callable, Protocol
 
@@ -60,7 +59,8 @@ def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Appli
 
 
 class Watcher:
-    """See the module docstring. ``log`` takes one line (text, or JSON with ``json_logs``)."""
+    """See the module docstring. ``log`` takes one line (text, or JSON with ``json_logs``), ``warn`` one
+    warning line; both default to dropping it (the CLI passes the printing ones)."""
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class Watcher:
     ) -> None:
         from nftdocker.nft.table import check_table_name
 
-        #: (VALUE, MASK) set on the accepted container traffic (:mod:`accept_mark`), or None
+        #: (VALUE, MASK) set on the accepted container traffic (:mod:`nftdocker.host.accept_mark`), or None
         self.accept_mark = accept_mark
         self.docker_host = docker_host
         self.netns = netns
@@ -93,15 +93,15 @@ class Watcher:
         self.daemon_config = daemon_config
         self.ipv4_forwarding = ipv4_forwarding
         self.ipv6_forwarding = ipv6_forwarding
-        self._log = log or (lambda line: print(line, flush=True))
+        self._log = log or (lambda line: None)
         self.json_logs = json_logs
-        self.user_rules = user_rules  # user_rules.UserRules (--user-rules): in every apply and sync
+        self.user_rules = user_rules  # host.user_rules.UserRules (--user-rules): in every apply and sync
         self.applier = applier if applier is not None else make_applier(netns, table, user_rules)
         self.debounce = debounce
         self.max_batch = max_batch
         self.backoff_min, self.backoff_max = backoff
         self.sysctls = sysctls
-        self._warn = warn or (lambda line: print(line, file=sys.stderr, flush=True))
+        self._warn = warn or (lambda line: None)
         self._warned: list[str] = []  # the Engine warnings given for the daemon as last read
         self.heal = heal
         self._kernel_watch: Any = None  # heal.KernelWatch while run() runs

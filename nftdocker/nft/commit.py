@@ -17,7 +17,7 @@ from nftdocker.nft.backend import Backend, Monitor
 from nftdocker.nft.netlink import MSG_NEWRULE, MSG_NEWTABLE, Event
 from nftdocker.nft.replace import owned
 from nftdocker.nft.state import store_views, stored_state
-from nftdocker.nft.table import FAMILIES
+from nftdocker.nft.ir import FAMILIES
 from nftdocker.nft.transaction import Edit, Transaction
 from nftdocker.nft.view import KTable
 

@@ -31,9 +31,9 @@ from difflib import SequenceMatcher
 from typing import Any, Mapping
 
 from nftdocker.nft.backend import Backend
-from nftdocker.nft.ir import Call, Ruleset
+from nftdocker.nft.ir import FAMILIES, Call, Ruleset
 from nftdocker.nft.replace import chain_block, families, full
-from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, USER_CHAIN, FileRule, RuleFile, is_own_chain, is_user_rules_key, \
+from nftdocker.nft.table import TABLE_COMMENT, USER_CHAIN, FileRule, RuleFile, is_own_chain, is_user_rules_key, \
     rules_of
 from nftdocker.nft.transaction import Edit, Op, delete_rule, rule
 from nftdocker.nft.view import KChain, KTable, WChain, wanted

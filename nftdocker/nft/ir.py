@@ -15,6 +15,9 @@ from operator import itemgetter
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Iterator, Literal, NamedTuple, Union
 
+#: an nftdocker table's address family
+Family = Literal["ip", "ip6"]
+
 Dir = Literal["s", "d"]
 
 
@@ -144,7 +147,7 @@ class Verdict(NamedTuple):
     """``-j ACCEPT|DROP|RETURN``.
 
     ``mark`` (ACCEPT only): ``(VALUE, MASK)``, the packet mark set before the accept
-    (``meta mark set mark and ~MASK or VALUE``, see :mod:`accept_mark`). It exists only in nft: the
+    (``meta mark set mark and ~MASK or VALUE``, see the accept mark, nftdocker.host.accept_mark). It exists only in nft: the
     iptables form of the rule is ``-j ACCEPT``, as Docker's."""
 
     kind: Literal["ACCEPT", "DROP", "RETURN"]
@@ -240,6 +243,9 @@ def host(addr: IPv4Address | IPv6Address) -> IPv4Network | IPv6Network:
     return IPv6Network((int(addr), 128))
 
 
+#: the address families nftdocker writes a table for, in this order
+FAMILIES: tuple[Family, Family] = ("ip", "ip6")
+
 BUILTIN_CHAINS: dict[str, tuple[str, ...]] = {
     "raw": ("PREROUTING", "OUTPUT"),
     "mangle": ("PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"),
@@ -280,7 +286,7 @@ class Chain:
     name: str
     rules: list[Rule] = field(default_factory=list)
     policy: Literal["ACCEPT", "DROP"] | None = None
-    #: a built-in's nft priority when it is not BASE_CHAINS' (see :mod:`accept_mark`)
+    #: a built-in's nft priority when it is not BASE_CHAINS' (see the accept mark, nftdocker.host.accept_mark)
     prio: int | None = None
 
     @property
@@ -307,7 +313,7 @@ class Ruleset:
     (:meth:`ordered_chains`).
     """
 
-    family: Literal["ip", "ip6"]
+    family: Family
     chains: dict[tuple[str, str], Chain] = field(default_factory=dict)
 
     def tables(self) -> list[str]:

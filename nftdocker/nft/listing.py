@@ -8,7 +8,8 @@ from typing import Any, Iterator
 from nftdocker.nft.backend import Backend, Libnftables
 from nftdocker.nft.netns import netns
 from nftdocker.nft.render import DEFAULT_TABLE
-from nftdocker.nft.table import FAMILIES, check_table_name
+from nftdocker.nft.ir import FAMILIES
+from nftdocker.nft.table import check_table_name
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 from nftdocker.errors import CompatError, GenerationError
 from nftdocker.nft.ir import (
+    FAMILIES,
     BUILTIN_CHAINS,
     Action,
     Addr,
@@ -34,7 +35,8 @@ from nftdocker.nft.ir import (
 from nftdocker.nft.render import DEFAULT_TABLE, MARK_BITS, nft_ifname
 
 _STATE_ORDER = ("INVALID", "NEW", "RELATED", "ESTABLISHED", "UNTRACKED")
-_PROTO_NUM = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
+#: IP protocol numbers as the kernel lists them -> their iptables names
+PROTO_NUMBERS = {"6": "tcp", "17": "udp", "132": "sctp", "1": "icmp", "58": "ipv6-icmp"}
 
 
 def _fail(where: str, what: str) -> CompatError:
@@ -173,7 +175,7 @@ def _parse_match(body: dict[str, Any], where: str) -> Match | None:
             if neg:
                 raise _fail(where, "negated protocol match")
             p = str(right)
-            return L4Proto(_PROTO_NUM.get(p, "ipv6-icmp" if p in ("icmpv6", "ipv6-icmp") else p))
+            return L4Proto(PROTO_NUMBERS.get(p, "ipv6-icmp" if p in ("icmpv6", "ipv6-icmp") else p))
         if key == "nfproto":
             return None
         raise _fail(where, f"unsupported meta key {key!r}")
@@ -187,7 +189,7 @@ def _parse_match(body: dict[str, Any], where: str) -> Match | None:
                 raise _fail(where, f"unsupported port match {body!r}")
             return Port(proto, "s" if field == "sport" else "d", right)
         if proto in ("ip", "ip6") and field in ("protocol", "nexthdr"):
-            return L4Proto(_PROTO_NUM.get(str(right), str(right)))
+            return L4Proto(PROTO_NUMBERS.get(str(right), str(right)))
         raise _fail(where, f"unsupported payload match {proto} {field}")
     if lk == "fib":
         flags = lv.get("flags", [])
@@ -216,7 +218,7 @@ def rulesets_from_json(objs: Iterable[dict[str, Any]], table: str = DEFAULT_TABL
         tname = body.get("name") if kind == "table" else body.get("table")
         if tname != table:
             continue
-        if fam not in ("ip", "ip6"):
+        if fam not in FAMILIES:
             raise CompatError(f"table {fam} {table}: nftdocker tables are 'ip' or 'ip6'")
         rs = rulesets.setdefault(fam, Ruleset(fam))
         if kind == "chain":

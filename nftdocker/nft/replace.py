@@ -22,9 +22,9 @@ from typing import Mapping, Sequence
 
 from nftdocker.errors import UsageError
 from nftdocker.nft.backend import Backend
-from nftdocker.nft.ir import Ruleset
+from nftdocker.nft.ir import FAMILIES, Ruleset
 from nftdocker.nft.netlink import Event
-from nftdocker.nft.table import FAMILIES, TABLE_COMMENT, TABLE_MARK, USER_CHAIN, FileRule, RuleFile, is_own_chain, \
+from nftdocker.nft.table import TABLE_COMMENT, TABLE_MARK, USER_CHAIN, FileRule, RuleFile, is_own_chain, \
     is_user_rules_key, rules_of
 from nftdocker.nft.render import DEFAULT_TABLE
 from nftdocker.nft.transaction import Block, ChainBlock, Edit, Op, delete_rule, rule

@@ -21,7 +21,7 @@ from typing import Any
 from nftdocker.nft.backend import Backend
 from nftdocker.nft.netns import LOCK_DIR, NETNS_DIR, netns, netns_id
 from nftdocker.nft.render import DEFAULT_TABLE
-from nftdocker.nft.table import FAMILIES
+from nftdocker.nft.ir import FAMILIES
 from nftdocker.nft.view import KTable, is_int as _is_int
 
 STATE_DIR = LOCK_DIR / "state"

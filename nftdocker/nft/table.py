@@ -15,7 +15,6 @@ from typing import Protocol, Sequence
 from nftdocker.errors import UsageError
 from nftdocker.nft.ir import BUILTIN_CHAINS
 
-FAMILIES = ("ip", "ip6")
 RESERVED_TABLES = {"filter", "nat", "raw", "mangle", "security", "docker-bridges", "firewalld", "broute"}
 USER_CHAIN = "filter-DOCKER-USER"
 #: the comment nftdocker gives every table it creates; a table of that name without it is not ours

@@ -13,9 +13,6 @@ from nftdocker.scenario.context import Context, expect, parse_addr
 PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
-PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?$")
-
-
 def port_range(ctx: Context, key: str, text: str, what: str) -> tuple[int, int]:
     """``PORT`` or ``LO-HI`` (``what``: container, host), each 1-65535: the first and last port."""
     m = PORT_RE.match(text)

@@ -98,7 +98,7 @@ def _iface(addr: IPv4Address | IPv6Address, nets: Iterable[IPv4Network | IPv6Net
 
 
 def plan(gen: Any) -> Plan:
-    """The topology, servers and probe matrix for a :class:`~nftdocker.generate.Generated`. Pure."""
+    """The topology, servers and probe matrix for a :class:`~nftdocker.docker.generate.Generated`. Pure."""
     sc = gen.scenario
     nets = {n.name: n for n in sc.networks}
     all4 = [s for n in sc.networks for s in n.subnets4]
