@@ -298,39 +298,44 @@ def calls_edit(views: dict[str, KTable | None], logs: dict[str, list[Call]], tab
 
 def _after_steps(views: dict[str, KTable | None], steps: list[list[Any]]) -> dict[str, KTable | None]:
     """``views`` with ``steps`` done on copies of the chains they touch (``views`` is left as it is);
-    each new rule's handle is a marker until it is known, and the steps get their slots: the
-    add/insert step's ``[4]`` becomes its index in the chain afterwards."""
+    each new rule's handle is None until it is known, and the steps get their slots: the
+    add/insert step's ``[4]`` becomes its index in the chain afterwards. The new rules' indexes are
+    followed as the steps shift them, so the cost is the steps', not the chains' length."""
     after = {f: (KTable(kt.family, kt.handle, dict(kt.chains), kt.user_objects) if kt is not None else None)
              for f, kt in views.items()}
-    copied: set[tuple[str, str]] = set()
-    marks: dict[int, list[Any]] = {}  # id(marker) -> its step
+    placed: dict[tuple[str, str], list[list[Any]]] = {}  # chain -> [index now, step] of each rule added
     for step in steps:
         op, fam, name = step[0], step[1], step[2]
         if op == "skip":
             continue
         kt = after[fam]
         assert kt is not None
-        if (fam, name) not in copied:
+        if (fam, name) not in placed:
             kc0 = kt.chains[name]
             kt.chains[name] = KChain(name, kc0.base, kc0.policy, list(kc0.keys), list(kc0.handles))
-            copied.add((fam, name))
-        kc = kt.chains[name]
+            placed[(fam, name)] = []
+        kc, mine = kt.chains[name], placed[(fam, name)]
         if op == "delete":
             i = kc.handles.index(step[4])
             del kc.keys[i]
             del kc.handles[i]
+            for m in mine:
+                if m[0] > i:
+                    m[0] -= 1
             continue
-        mark = object()
-        marks[id(mark)] = step
-        at = len(kc.keys) if op == "add" else 0
-        kc.keys.insert(at, step[3])
-        kc.handles.insert(at, mark)  # type: ignore[arg-type]
-    for fam, name in copied:
-        kc = after[fam].chains[name]  # type: ignore[union-attr]
-        for i, h in enumerate(kc.handles):
-            if not isinstance(h, int) and h is not None:
-                marks[id(h)][4] = i
-                kc.handles[i] = None
+        if op == "add":
+            kc.keys.append(step[3])
+            kc.handles.append(None)
+            mine.append([len(kc.keys) - 1, step])
+        else:
+            kc.keys.insert(0, step[3])
+            kc.handles.insert(0, None)
+            for m in mine:
+                m[0] += 1
+            mine.append([0, step])
+    for mine in placed.values():
+        for i, step in mine:
+            step[4] = i
     return after
 
 
