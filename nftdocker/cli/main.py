@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import sys
 from typing import Callable, Sequence
 
@@ -42,7 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
 ONE_SHOT: set[Handler] = {rules.cmd_render, rules.cmd_compat, rules.cmd_diff, kernel.cmd_apply, kernel.cmd_remove, kernel.cmd_show}
 
 
+class _Stderr(logging.Handler):
+    """The library's warnings (the ``nftdocker`` logger) as ``nftdocker: MESSAGE`` lines on the stderr of the moment."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"nftdocker: {record.getMessage()}", file=sys.stderr)
+
+
+def _warnings_to_stderr() -> None:
+    log = logging.getLogger("nftdocker")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr(logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _warnings_to_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -13,8 +13,8 @@ one line on stderr; a stale one (another commit since) silently.
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,9 @@ STATE_LIMIT = 256 << 20  # bytes: a stored state larger than this is not read
 
 
 def ignored(path: Path, why: str) -> None:
-    """One line on stderr: the stored state is not used (the table is listed instead)."""
-    print(f"nftdocker: ignoring the stored state {path}: {why}; listing the table instead", file=sys.stderr)
+    """The stored state is not used (the table is listed instead): one warning on the ``nftdocker``
+    logger, which the command line prints as one line on stderr."""
+    logging.getLogger("nftdocker").warning("ignoring the stored state %s: %s; listing the table instead", path, why)
 
 
 def _views_of(d: Any) -> dict[str, KTable | None]:
@@ -89,7 +90,7 @@ def stored_state(be: Backend, table: str) -> tuple[dict[str, KTable | None], int
     """The views saved after our last commit here, if nothing has committed since; with its genid
     and checkpoint. The state is checked for shape, and bound to the kernel: the table's handle,
     the ruleset generation, and the first and last rule of every chain (handle and a digest of the
-    kernel's expressions, one GETRULE each: :func:`anchors`) must be what the state says. Anything else is ignored (one line on stderr when the file is damaged or forged)."""
+    kernel's expressions, one GETRULE each: :func:`anchors`) must be what the state says. Anything else is ignored (one warning, a line on stderr from the command line, when the file is damaged or forged)."""
     path = state_path(be, table)
     try:
         with open(path, "rb") as f:
