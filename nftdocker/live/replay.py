@@ -15,12 +15,14 @@ holds otherwise): the caller then syncs the whole host again.
 
 Parallel ``docker run``s can deliver their ``start`` events in another order than the one their
 ``State.StartedAt`` says, and a full sync orders containers by ``StartedAt``; a start replayed
-after a container that started later sets :attr:`EventReplay.out_of_order`, and the watcher syncs
-again once the burst is quiet, so the table ends as a fresh full apply would have it.
+after a container that started later sets :attr:`EventReplay.out_of_order`; once the burst is
+quiet the watcher loads :meth:`EventReplay.in_start_order` (the kept model in StartedAt order, no
+API call), so the table ends as a fresh full apply would have it.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Callable
 
@@ -122,6 +124,15 @@ class EventReplay:
         return None
 
     # ------------------------------------------------------------------ one object, as Docker shows it
+
+    def in_start_order(self, fw: Firewall) -> Scenario:
+        """The host the kept model stands for, its running containers in ``StartedAt`` order: what a
+        full sync would read, without reading it; the replay follows it from now on."""
+        running = sorted(fw.running, key=lambda n: self.started.get(n, datetime.min))  # stable: ties keep their order
+        self.scenario = replace(self.scenario, networks=tuple(fw.networks.values()),
+                                containers=tuple(fw.containers[n] for n in running), events=())
+        self.out_of_order = None
+        return self.scenario
 
     def _container(self, ident: str) -> tuple[Any, datetime]:
         """The container as one inspect shows it, and when it last started."""

@@ -9,11 +9,11 @@ the difference (compared as rule IR) applied. One log line per event::
 
     2026-11-25T12:00:00Z container start c1: +7 -0 rules (12 ms)
 
-(the time runs from the batch's first event until the kernel took the change). A full sync
-happens at start, after a reconnect (exponential backoff, 0.2 s doubling to 5 s), when the kept
-model cannot follow an event, and once a burst is quiet whose starts came out of the daemon's
-``StartedAt`` order (a full sync orders by it). The table is never removed: ``stop()`` (SIGTERM,
-SIGINT) ends ``run()`` within ~0.1 s and leaves it in place.
+(from the batch's first event until the kernel took the change). A full sync happens at start,
+after a reconnect (backoff 0.2 s doubling to 5 s) and when the kept model cannot follow an event;
+a burst whose starts came out of ``StartedAt`` order (which a full sync follows) is reordered once
+quiet (:meth:`replay.EventReplay.in_start_order`). ``stop()`` ends ``run()`` within ~0.1 s and
+leaves the table in place.
 
 Failing to reach the daemon or the kernel at the first sync raises (the CLI exits 3). After that, a
 change that cannot be generated or applied is logged and the table left as it was. An Engine that
@@ -35,24 +35,18 @@ from nftdocker.live.batch import (DEBOUNCE, MAX_BATCH, POLL, REORDER_QUIET, Chan
                                   log_line, rule_diff)
 from nftdocker.nft.render import DEFAULT_TABLE
 
-BACKOFF_MIN = 0.2
-BACKOFF_MAX = 5.0
+BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 
 
 class Applier(Protocol):
-    """Loads a change into the kernel: ``apply(new, old)`` with the Generated now wanted and the
-    one loaded before (None when unknown)."""
+    """Loads ``new`` (a Generated) into the kernel; ``old`` is the one loaded before (None: unknown)."""
 
     def apply(self, new: Any, old: Any | None) -> Any: ...
 
 
 def make_applier(netns: str | None, table: str, user_rules: Any = None) -> Applier:
-    """The applier the watcher uses for event-driven changes (full syncs always replace the table).
-
-    :class:`nftdocker.apply.applier.IncrementalApplier`: keeps the kernel's rule handles in memory and
-    sends only the difference, in one transaction; it notices foreign commits (a full sync, a
-    user's ``nft`` command) through the kernel's notifications and reads the table again.
-    """
+    """:class:`nftdocker.apply.applier.IncrementalApplier`, the watcher's: the kernel's rule handles
+    kept, only the difference sent; a foreign commit noticed makes it read the table again."""
     from nftdocker.apply.applier import IncrementalApplier
 
     return IncrementalApplier(netns, table, user_rules)
@@ -187,8 +181,7 @@ class Watcher:
         self._remember()
         self._set_sysctls(gen)
         self.syncs += 1
-        sc = gen.scenario
-        ch = Change(f"sync ({reason})", added, removed, ms, True)
+        sc, ch = gen.scenario, Change(f"sync ({reason})", added, removed, ms, True)
         self.changes.append(ch)
         self.emit("sync", f"sync ({reason}): {len(sc.networks)} networks, {len(sc.containers)} containers: "
                           f"+{added} -{removed} rules ({ms:.0f} ms)",
@@ -202,8 +195,7 @@ class Watcher:
     # ------------------------------------------------------------------ internals
 
     def _replays(self) -> bool:
-        """Are events replayed on a kept model? (With the default applier and no accept mark: the
-        replay knows Docker's rules, not marked copies of them.)"""
+        """Are events replayed on a kept model? (Not with an accept mark: the replay knows Docker's rules.)"""
         from nftdocker.apply.applier import IncrementalApplier
 
         return isinstance(self.applier, IncrementalApplier) and self.accept_mark is None
@@ -259,7 +251,7 @@ class Watcher:
             if item is None:
                 if resync_at is not None and time.monotonic() >= resync_at and self._replay is not None:
                     resync_at = None
-                    lost = self._quiet_resync(f"re-sync, {self._replay.out_of_order}")
+                    lost = self._quiet_resync(str(self._replay.out_of_order))
                     if lost is not None:
                         return lost
                 continue
@@ -285,9 +277,19 @@ class Watcher:
         return None
 
     def _quiet_resync(self, reason: str) -> DockerError | None:
-        """The full sync after a burst whose starts came out of order; the lost stream's error, if it is lost."""
-        try:
-            self.sync(reason)
+        """After a burst whose starts came out of order: the kept model loaded in StartedAt order (no
+        API call), or a full sync if that fails; the lost stream's error, if it is lost."""
+        t0, old = time.monotonic(), self.current.rulesets
+        try:  # DockerError: only from the fallback sync
+            try:
+                self.applier.load(self._replay.in_start_order(self.applier.fw))  # type: ignore[attr-defined]
+            except NftdockerError as e:
+                self.sync(f"re-sync, {reason}; the kept model could not be reordered: {e.message}")
+                return None
+            self.current = self.applier.gen  # type: ignore[attr-defined]
+            (added, removed), ms = rule_diff(old, self.current.rulesets), (time.monotonic() - t0) * 1000
+            self.emit("sync", f"reorder ({reason}): +{added} -{removed} rules ({ms:.0f} ms)", reason=reason,
+                      added=added, removed=removed, ms=round(ms, 1))
         except DockerError as e:
             return e
         except NftdockerError as e:
