@@ -30,12 +30,15 @@ class Iptables:
 
     ``index`` holds each chain's rules as a set, so the ``-C`` check before every insert and
     append costs O(1) instead of a scan of the chain (thousands of rules on a large host). A rule
-    is only added when absent, so a chain never holds one twice.
+    is only added when absent, so a chain never holds one twice. ``hashes`` holds each chain's
+    rules' hashes in the chain's order, so that ``-D`` finds its rule by comparing integers (a
+    rule's own equality is Python code: thousands of calls a delete on a large host).
     """
 
     def __init__(self, family: Family) -> None:
         self.rs = Ruleset(family)
         self.index: dict[tuple[str, str], set[Rule]] = {}
+        self.hashes: dict[tuple[str, str], list[int]] = {}
         #: while set, every rule added is recorded here (what an operation must undo later)
         self.journal: list[tuple[str, str, Rule]] | None = None
 
@@ -48,6 +51,7 @@ class Iptables:
                 c.policy = "ACCEPT"
             self.rs.chains[key] = c
             self.index[key] = set()
+            self.hashes[key] = []
         return c
 
     def new_chain(self, table: str, name: str) -> None:
@@ -64,6 +68,7 @@ class Iptables:
         present = self.index[(table, chain)]
         if r not in present:
             c.rules.append(r)
+            self.hashes[(table, chain)].append(hash(r))
             present.add(r)
             if self.journal is not None:
                 self.journal.append((table, chain, r))
@@ -74,6 +79,7 @@ class Iptables:
         present = self.index[(table, chain)]
         if r not in present:
             c.rules.insert(0, r)
+            self.hashes[(table, chain)].insert(0, hash(r))
             present.add(r)
             if self.journal is not None:
                 self.journal.append((table, chain, r))
@@ -82,7 +88,11 @@ class Iptables:
         """Rule.Delete: ``-D`` if present."""
         present = self.index.get((table, chain))
         if present is not None and r in present:
-            self.rs.chains[(table, chain)].rules.remove(r)
+            rules, hashes, h = self.rs.chains[(table, chain)].rules, self.hashes[(table, chain)], hash(r)
+            i = hashes.index(h)
+            while rules[i] != r:  # another rule with the same hash
+                i = hashes.index(h, i + 1)
+            del rules[i], hashes[i]
             present.remove(r)
 
     def ensure_jump(self, table: str, src: str, dst: str, origin: str) -> None:
