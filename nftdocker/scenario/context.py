@@ -87,6 +87,13 @@ def check_name(ctx: Context, key: str, name: str, what: str) -> str:
     return name
 
 
+def table_name(ctx: Context, where: str, table: dict[str, Any], what: str) -> str:
+    """The required ``name`` of the table at ``where``, a valid Docker ``what`` (network, container) name."""
+    if "name" not in table:
+        raise ctx.fail(f"{where}.name", "required key is missing")
+    return check_name(ctx, f"{where}.name", expect(ctx, f"{where}.name", table["name"], str), what)
+
+
 def parse_addr(ctx: Context, key: str, text: Any) -> IPAddress:
     """An IPv4 or IPv6 address written as a string."""
     expect(ctx, key, text, str)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from nftdocker.model import DEFAULT_BRIDGE_NETWORK, PROTOS, Container, Daemon, IPAddress, Link, Network, PortSpec
-from nftdocker.scenario.context import Context, check_name, expect, parse_addr, unknown_keys
+from nftdocker.scenario.context import Context, check_name, expect, parse_addr, table_name, unknown_keys
 from nftdocker.scenario.daemon import default_bridge
 from nftdocker.scenario.network import check_bridges, ipv4_wanted, parse_network, with_default_ipv4_pool
 from nftdocker.scenario.publish import parse_publish, port_range
@@ -42,9 +42,7 @@ def parse_container(ctx: Context, raw: Any, i: int, network_names: set[str], whe
     where = where or f"containers[{i}]"
     table = expect(ctx, where, raw, dict)
     unknown_keys(ctx, where, table, CONTAINER_KEYS)
-    if "name" not in table:
-        raise ctx.fail(f"{where}.name", "required key is missing")
-    name = check_name(ctx, f"{where}.name", expect(ctx, f"{where}.name", table["name"], str), "container")
+    name = table_name(ctx, where, table, "container")
     nets = expect(ctx, f"{where}.networks", table.get("networks", [DEFAULT_BRIDGE_NETWORK]), list)
     for j, n in enumerate(nets):
         expect(ctx, f"{where}.networks[{j}]", n, str)

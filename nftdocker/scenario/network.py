@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Network, ip_network
 from typing import Any, Iterable
 
 from nftdocker.model import BRIDGE_OPT, DEFAULT_BRIDGE_NETWORK, GATEWAY_MODES, NETWORK_OPT, IPAddress, Network
-from nftdocker.scenario.context import Context, bool_option, check_ifname, check_name, expect, parse_addr, parse_prefix, unknown_keys
+from nftdocker.scenario.context import Context, bool_option, check_ifname, expect, parse_addr, parse_prefix, table_name, unknown_keys
 
 NETWORK_KEYS = {"name", "subnets", "gateways", "internal", "ipv6", "ipv4", "ip-ranges", "options"}
 
@@ -62,9 +62,7 @@ def parse_network(ctx: Context, raw: Any, i: int, ordinal_ids: dict[str, str], w
     where = where or f"networks[{i}]"
     table = expect(ctx, where, raw, dict)
     unknown_keys(ctx, where, table, NETWORK_KEYS)
-    if "name" not in table:
-        raise ctx.fail(f"{where}.name", "required key is missing")
-    name = check_name(ctx, f"{where}.name", expect(ctx, f"{where}.name", table["name"], str), "network")
+    name = table_name(ctx, where, table, "network")
     if name in (DEFAULT_BRIDGE_NETWORK, "host", "none"):
         raise ctx.fail(f"{where}.name", f"{name!r} is a predefined Docker network and cannot be listed")
     if "subnets" not in table:
@@ -186,19 +184,15 @@ def network_from_options(
         host_binding = parse_addr(ctx, okey(k), opts[k])
         if host_binding in (IPv4Address("0.0.0.0"),):
             host_binding = None
-    host4 = host6 = None
-    k = NETWORK_OPT + "host_ipv4"
-    if opts.get(k):
-        a = parse_addr(ctx, okey(k), opts[k])
-        if a.version != 4:
-            raise ctx.fail(okey(k), f"{opts[k]!r} is not an IPv4 address")
-        host4 = a
-    k = NETWORK_OPT + "host_ipv6"
-    if opts.get(k):
-        a = parse_addr(ctx, okey(k), opts[k])
-        if a.version != 6:
-            raise ctx.fail(okey(k), f"{opts[k]!r} is not an IPv6 address")
-        host6 = a
+    hosts: dict[int, IPAddress | None] = {4: None, 6: None}  # host_ipv4, host_ipv6: the SNAT source
+    for v in hosts:
+        k = NETWORK_OPT + f"host_ipv{v}"
+        if opts.get(k):
+            a = parse_addr(ctx, okey(k), opts[k])
+            if a.version != v:
+                raise ctx.fail(okey(k), f"{opts[k]!r} is not an IPv{v} address")
+            hosts[v] = a
+    host4, host6 = hosts[4], hosts[6]
     if opts.get(BRIDGE_OPT + "default_bridge", "false") == "true" and not default:
         raise ctx.fail(okey(BRIDGE_OPT + "default_bridge"), "only the daemon creates the default bridge")
     ranges = list(ranges)
