@@ -431,7 +431,11 @@ def test_watch_loads_the_file_and_restores_it_after_a_flush(netns, rules_file, t
 
             assert chain_is(WANT_IP), logs
             nft(netns, "add", "rule", "ip", "nftdocker", USER, "udp", "dport", "53", "drop")  # by hand
-            time.sleep(0.3)  # the watcher remembers it
+            for _ in range(500):  # the watcher remembers it (5 s at most; a fixed sleep raced a loaded machine)
+                kept = w._kept.get("ip")
+                if kept is not None and any('"dport"' in json.dumps(r) for r in kept.user_rules or []):
+                    break
+                time.sleep(0.01)
             nft(netns, "flush", "ruleset")
             assert chain_is(WANT_IP + ["udp dport 53 drop"]), logs  # restored (within chain_is's 3 s bound)
             assert any("deleted by nft" in l and "restored with 1 DOCKER-USER rule," in l for l in logs), logs
